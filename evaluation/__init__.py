@@ -1,0 +1,1 @@
+"""Metrics and benchmark runners; every number in docs/BENCHMARKS.md comes from here."""

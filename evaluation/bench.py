@@ -1,0 +1,189 @@
+"""Benchmarks behind `itir bench ...`: encoder quality, index speed, generator fidelity and
+speed, app cold start. Each returns a JSON-able dict and writes it under docs/bench/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evaluation.metrics import percentiles_ms, recall_at, target_ranks
+from itir.paths import REPO
+from world.captions import full_caption
+from world.dialogs import make_dialog
+from world.render import STYLES, render
+from world.scene import sample_scene, split_seed
+
+
+def machine() -> dict:
+    return {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform()}
+
+
+def write_result(name: str, result: dict, out_dir: str | Path | None = None) -> Path:
+    out_dir = Path(out_dir or REPO / "docs" / "bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps({**result, "machine": machine()}, indent=2))
+    return path
+
+
+def test_scenes(n: int) -> list:
+    return [sample_scene(split_seed("test", i)) for i in range(n)]
+
+
+def embed_gallery(encoder, scenes: list, batch: int = 256) -> np.ndarray:
+    out = []
+    for i in tqdm(range(0, len(scenes), batch), desc="embed gallery", unit="batch"):
+        out.append(encoder.encode_images([render(s, 64) for s in scenes[i:i + batch]]))
+    return np.concatenate(out)
+
+
+def bench_encoder(encoder, n: int = 5000) -> dict:
+    """Text->image recall on `n` unseen test scenes: full captions and round-0 captions."""
+    scenes = test_scenes(n)
+    gallery = embed_gallery(encoder, scenes)
+    targets = np.arange(n)
+    texts = {"full caption": [full_caption(s) for s in scenes],
+             "round-0 caption": [make_dialog(s)[0] for s in scenes]}
+    styles = np.array([s.style for s in scenes])
+    result = {"scenes": n, "encoder": encoder.identity}
+    for name, batch in texts.items():
+        q = np.concatenate([encoder.encode_texts(batch[i:i + 256])
+                            for i in tqdm(range(0, n, 256), desc=name, unit="batch")])
+        ranks = target_ranks(q @ gallery.T, targets)
+        result[name] = {"all": recall_at(ranks),
+                        **{st: recall_at(ranks[styles == st]) for st in STYLES}}
+    return result
+
+
+def bench_index(encoder, n: int = 10000, queries: int = 200, k: int = 10) -> dict:
+    """Build an index over `n` rendered PNGs (decode + embed + add), then time searches."""
+    from retrieval.index import VectorIndex
+    from retrieval.ingest import index_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "gallery"
+        folder.mkdir()
+        scenes = test_scenes(n)
+        for i, s in enumerate(tqdm(scenes, desc="render gallery", unit="img")):
+            render(s).save(folder / f"{i:06d}.png")
+        start = time.perf_counter()
+        index, report = index_folder(folder, encoder, Path(tmp) / "g.itirx", batch_size=128)
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        VectorIndex.load(Path(tmp) / "g.itirx", encoder=encoder.identity)
+        load_s = time.perf_counter() - start
+    rng = random.Random(0)
+    texts = [full_caption(scenes[rng.randrange(n)]) for _ in range(queries)]
+    vecs = encoder.encode_texts(texts)
+    faiss_s, end_to_end_s = [], []
+    for text, v in zip(texts, vecs):
+        t0 = time.perf_counter()
+        index.search(v[None], k)
+        faiss_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        index.search(encoder.encode_texts([text]), k)
+        end_to_end_s.append(time.perf_counter() - t0)
+    return {"images": n, "build_seconds": build_s, "images_per_second": n / build_s,
+            "load_seconds": load_s, "index": "faiss IndexFlatIP", "k": k,
+            "faiss_search": percentiles_ms(faiss_s),
+            "text_to_results": percentiles_ms(end_to_end_s)}
+
+
+def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int = 1000,
+                    batch: int = 50, grid_path: str | Path | None = None) -> dict:
+    """Fidelity (does the pseudo-image find its scene?) and speed of the generator."""
+    from fusion.static import dar
+
+    scenes = test_scenes(n_gallery)
+    gallery = embed_gallery(encoder, scenes)
+    captions = [full_caption(s) for s in scenes[:n_captions]]
+    targets = np.arange(n_captions)
+    t = encoder.encode_texts(captions)
+    images = []
+    for i in tqdm(range(0, n_captions, batch), desc="generate", unit="batch"):
+        images += generator.generate(captions[i:i + batch], seed=0)
+    g = encoder.encode_images(images)
+    text_ranks = target_ranks(t @ gallery.T, targets)
+    image_ranks = target_ranks(g @ gallery.T, targets)
+    dar_ranks = target_ranks(dar(t, g, 2) @ gallery.T, targets)
+    text_hit, image_hit = text_ranks < 10, image_ranks < 10
+    result = {
+        "gallery": n_gallery, "captions": n_captions, "generator": generator.identity,
+        "steps": generator.steps, "guidance": generator.guidance,
+        "chance_R@10": 10 / n_gallery,
+        "text_to_image": recall_at(text_ranks), "generated_image_to_image": recall_at(image_ranks),
+        "dar_0.5_0.5": recall_at(dar_ranks),
+        "top10_agreement": {"both": float((text_hit & image_hit).mean()),
+                            "text_only": float((text_hit & ~image_hit).mean()),
+                            "generated_only": float((~text_hit & image_hit).mean()),
+                            "neither": float((~text_hit & ~image_hit).mean())},
+    }
+    # Latency: one prompt per call, each new (no cache hits), then batched throughput.
+    single = []
+    for i in range(40):
+        t0 = time.perf_counter()
+        generator.generate([captions[i]], seed=1000 + i)
+        single.append(time.perf_counter() - t0)
+    result["latency_one_image"] = percentiles_ms(single[5:])  # first calls warm up kernels
+    t0 = time.perf_counter()
+    generator.generate(captions[:64], seed=2000)
+    result["batched_images_per_second"] = 64 / (time.perf_counter() - t0)
+    if grid_path:
+        comparison_grid(scenes[:16], captions[:16], images[:16]).save(grid_path)
+        result["grid"] = str(grid_path)
+    return result
+
+
+def comparison_grid(scenes, captions, generated):
+    """Two rows of 8 pairs: real scene (left) and pseudo-image of its caption (right)."""
+    from PIL import Image, ImageDraw
+
+    tile = 96
+    grid = Image.new("RGB", (8 * 2 * tile + 7 * 8, 2 * (tile + 14)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (scene, image) in enumerate(zip(scenes, generated)):
+        x, y = (i % 8) * (2 * tile + 8), (i // 8) * (tile + 14)
+        grid.paste(render(scene, tile), (x, y))
+        grid.paste(image.resize((tile, tile), Image.NEAREST), (x + tile, y))
+        draw.text((x + 2, y + tile + 1), f"{i}: real | generated", fill="black")
+    return grid
+
+
+def bench_coldstart(profile: str = "world", timeout: float = 300.0) -> dict:
+    """Seconds from `python app.py` to the first answered message, with a cached gallery."""
+    from gradio_client import Client
+
+    port = 7800 + random.Random().randrange(150)
+    env_cmd = [sys.executable, str(REPO / "app.py")]
+    start = time.perf_counter()
+    proc = subprocess.Popen(env_cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            env={**__import__("os").environ, "ITIR_PROFILE": profile,
+                                 "GRADIO_SERVER_PORT": str(port)})
+    try:
+        while True:
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError("app did not answer in time")
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                time.sleep(0.2)
+        ready = time.perf_counter() - start
+        client.predict("two red circles on a blue background", api_name="/send")
+        first = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"profile": profile, "seconds_to_ui": ready, "seconds_to_first_response": first}

@@ -1,0 +1,1 @@
+"""Pseudo-image generators behind one interface: the world generator and hub pipelines."""

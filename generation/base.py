@@ -1,0 +1,68 @@
+"""One interface for every generator: `generate(prompts, seed, n) -> list[PIL.Image]`.
+
+Image j of a prompt is always drawn from seed + j with its own random generator, so a
+prompt's images do not depend on what else is in the batch; that makes batching a pure
+speed-up and lets a small LRU cache answer repeated (prompt, seed) pairs without the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+
+from PIL import Image
+
+
+class GenerationError(RuntimeError):
+    """A generator could not be built or run; the message says what to do."""
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    cleaned = [p.strip() if isinstance(p, str) else "" for p in prompts]
+    if not cleaned or any(not p for p in cleaned):
+        raise ValueError("empty prompt: describe the picture in a few words, "
+                         "e.g. 'a red circle on a blue background'")
+    return cleaned
+
+
+class Generator(ABC):
+    identity: str
+    steps: int
+    guidance: float
+    size: int
+
+    def __init__(self, cache_size: int = 256):
+        self._cache: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self.cache_size = cache_size
+        self.model_calls = 0  # how many batches reached the model (tests and benchmarks)
+
+    def cache_key(self, prompt: str, seed: int) -> tuple:
+        return (self.identity, prompt, seed, self.steps, self.guidance, self.size)
+
+    def generate(self, prompts: list[str], seed: int = 0, n: int = 1) -> list[Image.Image]:
+        """n images per prompt, prompt-major: [p0 s, p0 s+1, ..., p1 s, ...]."""
+        prompts = check_prompts(prompts)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        jobs = [(p, seed + j) for p in prompts for j in range(n)]
+        missing = list(dict.fromkeys(job for job in jobs
+                                     if self.cache_key(*job) not in self._cache))
+        if missing:
+            self.model_calls += 1
+            images = self._run([p for p, _ in missing], [s for _, s in missing])
+            for job, image in zip(missing, images):
+                self._cache[self.cache_key(*job)] = image
+        out = []
+        for job in jobs:
+            key = self.cache_key(*job)
+            self._cache.move_to_end(key)
+            out.append(self._cache[key].copy())
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    @abstractmethod
+    def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        """Draw one image per (prompt, seed) pair, as one batch."""

@@ -1,0 +1,66 @@
+"""Any diffusers text-to-image model, by hub id or local folder (SD-Turbo and friends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from generation.base import GenerationError, Generator
+
+
+def _looks_like_path(location: str) -> bool:
+    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists() \
+        or location.count("/") > 1
+
+
+def gpu_decorated(fn):
+    """On a Hugging Face ZeroGPU Space, `spaces.GPU` attaches a GPU per call; elsewhere the
+    `spaces` package is absent and the function runs as it is."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+class HubGenerator(Generator):
+    def __init__(self, location: str, steps: int = 1, guidance: float = 0.0,
+                 size: int | None = None, device: str = "cpu", cache_size: int = 64):
+        from diffusers import AutoPipelineForText2Image
+
+        super().__init__(cache_size)
+        if _looks_like_path(location) and not Path(location).expanduser().exists():
+            raise GenerationError(f"generator folder {location} does not exist; give a folder "
+                                  "saved with `pipeline.save_pretrained` or a hub id")
+        # fp16 halves memory and doubles speed on a GPU; CPU kernels want float32.
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        try:
+            self.pipe = AutoPipelineForText2Image.from_pretrained(
+                str(Path(location).expanduser()) if _looks_like_path(location) else location,
+                dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise GenerationError(
+                f"could not load text-to-image model {location!r}: {str(e).splitlines()[0]}. "
+                "Offline, download it on a connected machine (`hf download "
+                f"{location} --local-dir DIR`) and set the profile's generator.location = DIR"
+            ) from e
+        self.pipe.to(device)
+        if getattr(self.pipe, "safety_checker", None) is not None:
+            # Pseudo-images are queries, never shown as results; a blacked-out one is useless.
+            self.pipe.safety_checker = None
+        self.device = torch.device(device)
+        self.steps, self.guidance = steps, guidance
+        self.size = size or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        self.identity = f"hub:{location}"
+        self._call = gpu_decorated(self._call_pipe)
+
+    def _call_pipe(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+        return self.pipe(prompt=prompts, num_inference_steps=self.steps,
+                         guidance_scale=self.guidance, height=self.size, width=self.size,
+                         generator=gens).images
+
+    def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return self._call(prompts, seeds)

@@ -1,0 +1,39 @@
+"""The shipped world generator behind the common interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+from PIL import Image
+
+from generation.base import GenerationError, Generator
+from generation.world_pipeline import WorldGeneratorPipeline
+from retrieval.encoders import file_digest
+from retrieval.text_tower import TextTower
+
+
+class WorldGenerator(Generator):
+    def __init__(self, location: str | Path, text_tower: TextTower, steps: int = 8,
+                 guidance: float = 3.0, device: str = "cpu", cache_size: int = 256):
+        super().__init__(cache_size)
+        location = Path(location)
+        if not (location / "unet").is_dir():
+            raise GenerationError(
+                f"no world generator at {location} (expected {location}/unet); it ships in "
+                "assets/world-generator, or rebuild it with `itir train-generator`")
+        unet = UNet2DConditionModel.from_pretrained(location / "unet").to(device).eval()
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(location / "scheduler")
+        self.pipe = WorldGeneratorPipeline(unet, scheduler, text_tower)
+        self.pipe.set_progress_bar_config(disable=True)  # ~8 fast steps: a bar is noise
+        self.device = torch.device(device)
+        self.steps, self.guidance = steps, guidance
+        self.size = unet.config.sample_size
+        digest = file_digest(location / "unet" / "diffusion_pytorch_model.safetensors")
+        self.identity = f"world-generator:{location.name}@{digest}"
+
+    def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
+        return self.pipe(prompts, num_inference_steps=self.steps,
+                         guidance_scale=self.guidance, generator=gens).images

@@ -1,0 +1,1 @@
+"""itir: interactive text-to-image retrieval."""

@@ -1,0 +1,1 @@
+"""Encoders, gallery ingestion, the vector index and the search engine."""

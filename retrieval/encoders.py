@@ -1,0 +1,143 @@
+"""Encoders behind one interface: texts and images -> L2-normalised float32 [N, D].
+
+`identity` names the weights exactly (backend, source, content hash), so an index built
+with one encoder is never searched with another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from retrieval.text_tower import TextTower
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+
+
+class Encoder(Protocol):
+    identity: str
+    dim: int
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+def _check_texts(texts: list[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode_texts takes a list of strings, not one string")
+    return [t if isinstance(t, str) else str(t) for t in texts]
+
+
+def file_digest(path: str | Path, n: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
+def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
+    """PIL images -> uint8-range float [B,3,size,size] (RGB; alpha and palettes flattened)."""
+    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BOX)) for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+
+
+class WorldEncoder:
+    """The world dual encoder: locked MiniLM text tower + trained head and image tower."""
+
+    def __init__(self, weights: str | Path, text_tower: TextTower | None = None,
+                 device: str = "cpu", batch_size: int = 256):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        weights = Path(weights)
+        if not weights.exists():
+            raise FileNotFoundError(
+                f"world encoder weights not found at {weights}; they ship in assets/ "
+                "(reinstall from a clean clone) or can be rebuilt with `itir train-encoder`")
+        with safe_open(str(weights), "pt") as f:
+            cfg = WorldEncoderConfig.from_dict(json.loads(f.metadata()["config"]))
+        self.model = WorldDualEncoder(cfg)
+        self.model.load_state_dict(load_file(str(weights)))
+        self.model.to(device).eval()
+        self.text_tower = text_tower or TextTower(device=device)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.dim = cfg.embed_dim
+        self.image_size = cfg.image_size
+        self.identity = f"world:{weights.stem}@{file_digest(weights)}"
+
+    @torch.no_grad()
+    def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """Text embeddings from text-tower states already computed (shared with generation)."""
+        return self.model.encode_text(states, mask).float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        out = [self.encode_states(*self.text_tower(texts[i:i + self.batch_size]))
+               for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i:i + self.batch_size]
+            # Small images (generated 32x32) go in at their size; the tower upsamples them as
+            # it saw in training, rather than PIL box-resizing them up.
+            small = all(max(im.size) < self.image_size for im in chunk)
+            size = 32 if small else self.image_size
+            x = pixels(chunk, size).to(self.device)
+            out.append(self.model.encode_image(x).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class CLIPEncoder:
+    """Any transformers CLIPModel, by hub id or local folder."""
+
+    def __init__(self, location: str, device: str = "cpu", batch_size: int = 64):
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model = CLIPModel.from_pretrained(location).to(device).eval()
+            self.processor = CLIPProcessor.from_pretrained(location)
+        except OSError as e:
+            raise OSError(f"could not load CLIP model {location!r}: {e}\nGive a local folder "
+                          "with a saved CLIPModel, or a hub id while online.") from e
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.dim = self.model.config.projection_dim
+        self.identity = f"clip:{location}"
+
+    @staticmethod
+    def _features(out) -> torch.Tensor:
+        # transformers 5 returns an output object here; older versions a tensor.
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.processor(text=texts[i:i + self.batch_size], padding=True,
+                                   truncation=True, return_tensors="pt").to(self.device)
+            emb = self._features(self.model.get_text_features(**batch))
+            out.append(F.normalize(emb, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = [im.convert("RGB") for im in images[i:i + self.batch_size]]
+            batch = self.processor(images=chunk, return_tensors="pt").to(self.device)
+            emb = self._features(self.model.get_image_features(**batch))
+            out.append(F.normalize(emb, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

@@ -1,0 +1,108 @@
+"""The vector index: FAISS inner product over L2-normalised vectors, plus its metadata.
+
+Index and metadata live in one file written to a temporary name and renamed into place,
+so a crash mid-write leaves the previous index intact, never half of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+FORMAT = 1
+
+
+class IndexMismatchError(ValueError):
+    """The index was built with a different encoder than the one asked to search it."""
+
+
+@dataclass
+class IndexMeta:
+    encoder: str
+    dim: int
+    paths: list[str] = field(default_factory=list)
+    built: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    format: int = FORMAT
+
+
+class VectorIndex:
+    def __init__(self, encoder: str, dim: int):
+        self.meta = IndexMeta(encoder=encoder, dim=dim)
+        self.faiss = faiss.IndexFlatIP(dim)
+
+    def __len__(self) -> int:
+        return self.faiss.ntotal
+
+    @property
+    def paths(self) -> list[str]:
+        return self.meta.paths
+
+    def add(self, vectors: np.ndarray, paths: list[str]) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.meta.dim:
+            raise ValueError(f"expected vectors [N, {self.meta.dim}], got {vectors.shape}")
+        if len(vectors) != len(paths):
+            raise ValueError(f"{len(vectors)} vectors for {len(paths)} paths")
+        self.faiss.add(vectors)
+        self.meta.paths.extend(paths)
+        self.meta.updated = time.time()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, k'], ids [Q, k']) with k' = min(k, len(self)), best first."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = min(k, len(self))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return self.faiss.search(queries, k)
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors, in id order (for exact scoring of every gallery image)."""
+        return self.faiss.reconstruct_n(0, len(self))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = faiss.serialize_index(self.faiss)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, index=blob, meta=np.frombuffer(
+                    json.dumps(asdict(self.meta)).encode(), dtype=np.uint8))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: str | None = None) -> VectorIndex:
+        """Load; with `encoder`, refuse an index that another encoder built."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no index at {path}; build one with `itir index FOLDER`")
+        try:
+            with np.load(path) as data:
+                meta = IndexMeta(**json.loads(bytes(data["meta"]).decode()))
+                index = faiss.deserialize_index(data["index"])
+        except (ValueError, KeyError, OSError, RuntimeError) as e:
+            raise ValueError(f"{path} is not a readable itir index ({e}); rebuild it with "
+                             "`itir index FOLDER --rebuild`") from e
+        if encoder is not None and meta.encoder != encoder:
+            raise IndexMismatchError(
+                f"the index at {path} was built with encoder {meta.encoder!r} (dim {meta.dim}) "
+                f"but the current profile uses {encoder!r}; rebuild it with "
+                "`itir index FOLDER --rebuild` or switch back to the profile that built it")
+        out = cls.__new__(cls)
+        out.meta, out.faiss = meta, index
+        return out
+
+

