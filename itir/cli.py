@@ -122,6 +122,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = bench.bench_generator(encoder, generator, args.n or 5000,
                                            args.captions, grid_path=grid)
     path = bench.write_result(args.what, result)
+    from evaluation import plots
+
+    docs = bench.REPO / "docs"
+    if args.what == "encoder":
+        print(plots.encoder_recall(result, docs / "encoder-recall.png"), file=sys.stderr)
+    if args.what == "generator":
+        print(plots.generator_fidelity(result, docs / "generator-fidelity.png"), file=sys.stderr)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}", file=sys.stderr)
     return 0

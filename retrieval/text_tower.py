@@ -7,6 +7,8 @@ weights are loaded once per process.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -42,6 +44,10 @@ class TextTower(torch.nn.Module):
         self.model.requires_grad_(False)
         self.max_tokens = max_tokens
         self.width = self.model.config.hidden_size
+        # Per turn the encoder and the generator both read the query's states: remember the
+        # last few small calls so the second reader gets them without a second forward pass.
+        self._memo: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = (
+            OrderedDict())
 
     @property
     def device(self) -> torch.device:
@@ -49,7 +55,15 @@ class TextTower(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple(texts)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            return self._memo[key]
         batch = self.tokenizer(list(texts), padding=True, truncation=True,
                                max_length=self.max_tokens, return_tensors="pt").to(self.device)
-        states = self.model(**batch).last_hidden_state
-        return states, batch["attention_mask"].bool()
+        out = self.model(**batch).last_hidden_state, batch["attention_mask"].bool()
+        if len(key) <= 4:
+            self._memo[key] = out
+            if len(self._memo) > 16:
+                self._memo.popitem(last=False)
+        return out

@@ -84,3 +84,24 @@ def shipped_encoder(text_tower):
     from retrieval.encoders import WorldEncoder
 
     return WorldEncoder(ASSETS / "world-encoder.safetensors", text_tower=text_tower)
+
+
+@pytest.fixture(scope="session")
+def world_app(tmp_path_factory):
+    """The real app (world profile, shipped weights) over a 48-scene gallery, launched."""
+    from dataclasses import replace
+
+    from app import build_app
+    from itir.profile import GallerySpec, load_profile
+    from ui.chat import allowed_paths
+
+    home = tmp_path_factory.mktemp("itir-home")
+    profile = replace(load_profile("world"), gallery=GallerySpec(world_scenes=48),
+                      index=str(home / "world.itirx"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ITIR_HOME", str(home))
+    demo, engine = build_app(profile)
+    _, url, _ = demo.launch(prevent_thread_lock=True, allowed_paths=allowed_paths(engine))
+    yield url, engine
+    demo.close()
+    mp.undo()

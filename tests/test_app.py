@@ -1,27 +1,13 @@
 """The app, launched for real, answers a two-message dialog through gradio_client."""
 
-from dataclasses import replace
-
 import pytest
 from gradio_client import Client
 
-from app import build_app
-from itir.profile import GallerySpec, load_profile
-from ui.chat import allowed_paths
-
 
 @pytest.fixture(scope="module")
-def running_app(tmp_path_factory):
-    home = tmp_path_factory.mktemp("itir-home")
-    profile = replace(load_profile("world"), gallery=GallerySpec(world_scenes=48),
-                      index=str(home / "world.itirx"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ITIR_HOME", str(home))
-    demo, engine = build_app(profile)
-    _, url, _ = demo.launch(prevent_thread_lock=True, allowed_paths=allowed_paths(engine))
-    yield Client(url, verbose=False), engine
-    demo.close()
-    mp.undo()
+def running_app(world_app):
+    url, engine = world_app
+    return Client(url, verbose=False), engine
 
 
 def test_two_message_dialog_returns_ranked_images(running_app):

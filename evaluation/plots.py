@@ -1,0 +1,67 @@
+"""PNG plots of benchmark results and training logs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def encoder_recall(result: dict, out: str | Path) -> Path:
+    """Grouped bars: R@1/5/10 per rendering style, for full and round-0 captions."""
+    kinds = [k for k in ("full caption", "round-0 caption") if k in result]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.6), sharey=True)
+    for ax, kind in zip(list(axes) if len(kinds) > 1 else [axes], kinds):
+        groups = list(result[kind])
+        for j, metric in enumerate(("R@1", "R@5", "R@10")):
+            xs = [i + (j - 1) * 0.27 for i in range(len(groups))]
+            ax.bar(xs, [result[kind][g][metric] for g in groups], width=0.27, label=metric)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(f"text->image, {kind} ({result['scenes']} test scenes)")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes_list = list(axes) if len(kinds) > 1 else [axes]
+    axes_list[0].set_ylabel("recall")
+    axes_list[0].legend(loc="upper left")
+    return _save(fig, out)
+
+
+def generator_fidelity(result: dict, out: str | Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = ["chance", "generated image", "text", "DAR 0.5/0.5"]
+    values = [result["chance_R@10"], result["generated_image_to_image"]["R@10"],
+              result["text_to_image"]["R@10"], result["dar_0.5_0.5"]["R@10"]]
+    a.bar(names, values, color=["#999", "#d62", "#26a", "#6a4"])
+    a.set_title(f"R@10 among {result['gallery']} test scenes ({result['captions']} captions)")
+    a.set_ylim(0, 1)
+    agree = result["top10_agreement"]
+    b.bar(list(agree), list(agree.values()), color=["#6a4", "#26a", "#d62", "#999"])
+    b.set_title("who finds the target in the top 10")
+    b.set_ylim(0, 1)
+    for ax in (a, b):
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)
+
+
+def training_curve(log_jsonl: str | Path, out: str | Path, title: str) -> Path:
+    rows = [json.loads(line) for line in Path(log_jsonl).read_text().splitlines() if line]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
