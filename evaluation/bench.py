@@ -141,7 +141,7 @@ def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int =
     result["batched_images_per_second"] = 64 / (time.perf_counter() - t0)
     if grid_path:
         comparison_grid(scenes[:16], captions[:16], images[:16]).save(grid_path)
-        result["grid"] = str(grid_path)
+        result["grid"] = str(Path(grid_path).relative_to(REPO)) if Path(grid_path).is_relative_to(REPO) else str(grid_path)
     return result
 
 
@@ -187,3 +187,19 @@ def bench_coldstart(profile: str = "world", timeout: float = 300.0) -> dict:
         proc.terminate()
         proc.wait(10)
     return {"profile": profile, "seconds_to_ui": ready, "seconds_to_first_response": first}
+
+
+def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
+    """Per-turn latency of the engine on world test dialogs, split into its stages."""
+    from world.dialogs import make_dialog
+
+    stages: dict[str, list[float]] = {}
+    for scene in test_scenes(dialogs):
+        session = engine.session()
+        for message in make_dialog(scene)[:rounds]:
+            result = session.send(message)
+            for stage, ms in result.timings_ms.items():
+                stages.setdefault(stage, []).append(ms / 1e3)
+    return {"profile": engine.profile.name, "fusion": engine.profile.fusion,
+            "gallery": len(engine.index), "turns": dialogs * rounds,
+            **{stage: percentiles_ms(v) for stage, v in stages.items()}}

@@ -26,7 +26,7 @@ def encoder_recall(result: dict, out: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     axes_list = list(axes) if len(kinds) > 1 else [axes]
     axes_list[0].set_ylabel("recall")
-    axes_list[0].legend(loc="upper left")
+    axes_list[-1].legend(loc="upper right")
     return _save(fig, out)
 
 

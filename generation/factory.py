@@ -15,10 +15,10 @@ def load_generator(profile: Profile, text_tower: TextTower | None = None) -> Gen
         from generation.world import WorldGenerator
 
         return WorldGenerator(profile.resolve(spec.location), text_tower or TextTower(),
-                              steps=spec.steps, guidance=spec.guidance, device=profile.device)
+                              steps=spec.steps, guidance=spec.guidance, device=profile.torch_device)
     if spec.kind == "hub":
         from generation.hub import HubGenerator
 
         return HubGenerator(profile.resolve(spec.location), steps=spec.steps,
-                            guidance=spec.guidance, size=spec.size, device=profile.device)
+                            guidance=spec.guidance, size=spec.size, device=profile.torch_device)
     raise ValueError(f"unknown generator kind {spec.kind!r}; expected world, hub or none")

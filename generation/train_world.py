@@ -175,4 +175,7 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         batch=batch_size, lr=cfg.lr, ema=cfg.ema_decay, seed=seed, loss=log[-1]["loss"],
         minutes=minutes, threads=torch.get_num_threads(),
         command=f"itir train-generator --scenes {scenes} --steps {steps} --out {out}"))
+    from evaluation.plots import training_curve
+
+    training_curve(out / "train.log.jsonl", out / "loss.png", "world generator: v-prediction MSE")
     return log

@@ -105,6 +105,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     if args.what == "coldstart":
         result = bench.bench_coldstart(args.profile)
+    elif args.what == "turn":
+        from retrieval.engine import Engine
+
+        result = bench.bench_turns(Engine.from_profile(_profile(args)))
     else:
         from retrieval.factory import load_encoder
 
@@ -181,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ge.set_defaults(func=cmd_generate)
 
     be = with_profile(sub.add_parser("bench", help="measure; results go to docs/bench/"))
-    be.add_argument("what", choices=["encoder", "index", "generator", "coldstart"])
+    be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart"])
     be.add_argument("--n", type=int, default=None, help="gallery size")
     be.add_argument("--captions", type=int, default=1000, help="generator: captions to draw")
     be.add_argument("--threads", type=int, default=None)

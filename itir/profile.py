@@ -36,7 +36,7 @@ class GallerySpec:
 @dataclass(frozen=True)
 class Profile:
     name: str = "world"
-    device: str = "cpu"
+    device: str = "auto"  # auto = cuda when available, else cpu
     top_k: int = 12
     fusion: str = "text"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -58,6 +58,14 @@ class Profile:
     @property
     def index_path(self) -> Path:
         return Path(self.index) if self.index else home() / "indexes" / f"{self.name}.itirx"
+
+    @property
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def with_overrides(self, **kw) -> Profile:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

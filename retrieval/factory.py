@@ -11,9 +11,9 @@ from retrieval.ingest import Progress, index_folder
 def load_encoder(profile: Profile) -> Encoder:
     spec = profile.encoder
     if spec.kind == "world":
-        return WorldEncoder(profile.resolve(spec.location), device=profile.device)
+        return WorldEncoder(profile.resolve(spec.location), device=profile.torch_device)
     if spec.kind == "clip":
-        return CLIPEncoder(profile.resolve(spec.location), device=profile.device)
+        return CLIPEncoder(profile.resolve(spec.location), device=profile.torch_device)
     raise ValueError(f"unknown encoder kind {spec.kind!r}; expected world or clip")
 
 

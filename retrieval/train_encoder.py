@@ -165,4 +165,8 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
         command=f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}")
     out.with_suffix(".md").write_text(card)
+    from evaluation.plots import training_curve
+
+    training_curve(out.with_suffix(".log.jsonl"), out.with_suffix(".loss.png"),
+                   "world encoder: InfoNCE loss")
     return metrics

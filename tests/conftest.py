@@ -53,6 +53,39 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A random Stable Diffusion pipeline small enough to run in a test, saved to disk."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    vocab = write_tiny_clip_tokenizer(folder)
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
+                          down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**tiny_clip_text_config(vocab))),
+        tokenizer=CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                model_max_length=77),
+        unet=UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+            attention_head_dim=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+        scheduler=EulerDiscreteScheduler(steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipeline")
+    return folder / "pipeline"
+
+
+@pytest.fixture(scope="session")
 def text_tower():
     from retrieval.text_tower import TextTower
 

@@ -6,7 +6,6 @@ from generation.base import GenerationError
 from generation.hub import HubGenerator
 from generation.world import WorldGenerator
 from generation.world_unet import TINY, build_unet, sampling_scheduler
-from tests.conftest import tiny_clip_text_config, write_tiny_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -70,39 +69,6 @@ def test_unreachable_hub_model_says_how_to_get_it_offline():
         HubGenerator("nobody-here/no-such-model-xyz")
 
 
-@pytest.fixture(scope="module")
-def tiny_sd_folder(tmp_path_factory):
-    """A random Stable Diffusion pipeline small enough to run in a test, saved to disk."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    vocab = write_tiny_clip_tokenizer(folder)
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
-                          down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**tiny_clip_text_config(vocab))),
-        tokenizer=CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                                model_max_length=77),
-        unet=UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-            attention_head_dim=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
-        scheduler=EulerDiscreteScheduler(steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder / "pipeline")
-    return folder / "pipeline"
-
-
 def test_tiny_hub_pipeline_loads_from_a_folder_and_generates(tiny_sd_folder):
     gen = HubGenerator(str(tiny_sd_folder), steps=2, guidance=0.0)
     images = gen.generate(["a red circle", "a blue square"], seed=3)
@@ -110,3 +76,23 @@ def test_tiny_hub_pipeline_loads_from_a_folder_and_generates(tiny_sd_folder):
     gen._cache.clear()
     again = gen.generate(["a blue square"], seed=3)[0]
     assert np.abs(pixels(images[1]) - pixels(again)).max() <= 1
+
+
+def test_shipped_world_generator_follows_the_caption(text_tower):
+    """The pseudo-image's background is the caption's background colour for most captions."""
+    from itir.paths import ASSETS
+    from world.captions import full_caption
+    from world.scene import COLOURS, sample_scene, split_seed
+
+    gen = WorldGenerator(ASSETS / "world-generator", text_tower)
+    scenes = [sample_scene(split_seed("test", 70_000 + i)) for i in range(24)]
+    images = gen.generate([full_caption(s) for s in scenes], seed=0)
+    names, palette = list(COLOURS), np.array(list(COLOURS.values()), dtype=float)
+    hits = 0
+    for scene, image in zip(scenes, images):
+        x = pixels(image).astype(float)
+        border = np.concatenate([x[:2].reshape(-1, 3), x[-2:].reshape(-1, 3),
+                                 x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
+        nearest = names[np.linalg.norm(palette - np.median(border, 0), axis=1).argmin()]
+        hits += nearest == scene.background
+    assert hits >= 16, f"background right in only {hits}/24 pseudo-images"
