@@ -141,7 +141,9 @@ def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int =
     result["batched_images_per_second"] = 64 / (time.perf_counter() - t0)
     if grid_path:
         comparison_grid(scenes[:16], captions[:16], images[:16]).save(grid_path)
-        result["grid"] = str(Path(grid_path).relative_to(REPO)) if Path(grid_path).is_relative_to(REPO) else str(grid_path)
+        grid_path = Path(grid_path)
+        inside = grid_path.is_relative_to(REPO)
+        result["grid"] = str(grid_path.relative_to(REPO) if inside else grid_path)
     return result
 
 
