@@ -4,6 +4,7 @@ speed, app cold start. Each returns a JSON-able dict and writes it under docs/be
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import subprocess
@@ -167,11 +168,10 @@ def bench_coldstart(profile: str = "world", timeout: float = 300.0) -> dict:
     from gradio_client import Client
 
     port = 7800 + random.Random().randrange(150)
-    env_cmd = [sys.executable, str(REPO / "app.py")]
     start = time.perf_counter()
-    proc = subprocess.Popen(env_cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            env={**__import__("os").environ, "ITIR_PROFILE": profile,
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "ITIR_PROFILE": profile,
                                  "GRADIO_SERVER_PORT": str(port)})
     try:
         while True:

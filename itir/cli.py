@@ -10,22 +10,18 @@ from itir.paths import cache_dir
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
-    import torch
-
     from retrieval.train_encoder import reproduce
 
-    torch.set_num_threads(args.threads)
+    torch_threads(args.threads)
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir())
     print("val (full caption, text->image):", metrics)
     return 0
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    import torch
-
     from generation.train_world import reproduce
 
-    torch.set_num_threads(args.threads)
+    torch_threads(args.threads)
     log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir())
     print("final loss:", log[-1]["loss"])
     return 0
