@@ -18,11 +18,13 @@ import torch
 from tqdm import tqdm
 
 from evaluation.metrics import percentiles_ms, recall_at, target_ranks
-from itir.paths import REPO
 from world.captions import full_caption
 from world.dialogs import make_dialog
 from world.render import STYLES, render
 from world.scene import sample_scene, split_seed
+
+REPO = Path(__file__).resolve().parent.parent  # benchmarks write into the source tree's docs/
+DOCS = REPO / "docs"
 
 
 def machine() -> dict:
@@ -31,7 +33,7 @@ def machine() -> dict:
 
 
 def write_result(name: str, result: dict, out_dir: str | Path | None = None) -> Path:
-    out_dir = Path(out_dir or REPO / "docs" / "bench")
+    out_dir = Path(out_dir or DOCS / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({**result, "machine": machine()}, indent=2))
@@ -104,7 +106,7 @@ def bench_index(encoder, n: int = 10000, queries: int = 200, k: int = 10) -> dic
 def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int = 1000,
                     batch: int = 50, grid_path: str | Path | None = None) -> dict:
     """Fidelity (does the pseudo-image find its scene?) and speed of the generator."""
-    from fusion.static import dar
+    from fusion import DAR
 
     scenes = test_scenes(n_gallery)
     gallery = embed_gallery(encoder, scenes)
@@ -117,7 +119,7 @@ def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int =
     g = encoder.encode_images(images)
     text_ranks = target_ranks(t @ gallery.T, targets)
     image_ranks = target_ranks(g @ gallery.T, targets)
-    dar_ranks = target_ranks(dar(t, g, 2) @ gallery.T, targets)
+    dar_ranks = target_ranks(DAR()(t, g, 2).query @ gallery.T, targets)
     text_hit, image_hit = text_ranks < 10, image_ranks < 10
     result = {
         "gallery": n_gallery, "captions": n_captions, "generator": generator.identity,
@@ -202,6 +204,6 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
             result = session.send(message)
             for stage, ms in result.timings_ms.items():
                 stages.setdefault(stage, []).append(ms / 1e3)
-    return {"profile": engine.profile.name, "fusion": engine.profile.fusion,
+    return {"profile": engine.profile.name, "fusion": engine.fusion.name,
             "gallery": len(engine.index), "turns": dialogs * rounds,
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}

@@ -1,24 +1,43 @@
-"""Build the generator a profile asks for."""
+"""Build a generator from a plain spec (the profile's `[generator]` table, paths resolved)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from generation.base import Generator
-from itir.profile import Profile
 from retrieval.text_tower import TextTower
 
+GENERATOR_KINDS = ("world", "hub", "none")
 
-def load_generator(profile: Profile, text_tower: TextTower | None = None) -> Generator | None:
-    spec = profile.generator
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    kind: str = "world"  # world | hub | none
+    location: str = "assets/world-generator"  # pipeline folder or hub id
+    steps: int = 8
+    guidance: float = 3.0
+    seed: int = 0
+    size: int | None = None  # hub pipelines only; None = the model's default
+
+
+def needs_text_tower(spec: GeneratorSpec) -> bool:
+    return spec.kind == "world"
+
+
+def load_generator(spec: GeneratorSpec, device: str = "cpu",
+                   text_tower: TextTower | None = None) -> Generator | None:
     if spec.kind == "none":
         return None
     if spec.kind == "world":
         from generation.world import WorldGenerator
 
-        return WorldGenerator(profile.resolve(spec.location), text_tower or TextTower(),
-                              steps=spec.steps, guidance=spec.guidance, device=profile.torch_device)
+        if text_tower is None:
+            raise ValueError("the world generator needs the text tower it was trained on")
+        return WorldGenerator(spec.location, text_tower, steps=spec.steps,
+                              guidance=spec.guidance, device=device)
     if spec.kind == "hub":
         from generation.hub import HubGenerator
 
-        return HubGenerator(profile.resolve(spec.location), steps=spec.steps,
-                            guidance=spec.guidance, size=spec.size, device=profile.torch_device)
-    raise ValueError(f"unknown generator kind {spec.kind!r}; expected world, hub or none")
+        return HubGenerator(spec.location, steps=spec.steps, guidance=spec.guidance,
+                            size=spec.size, device=device)
+    raise ValueError(f"unknown generator kind {spec.kind!r}; expected one of {GENERATOR_KINDS}")

@@ -1,41 +1,33 @@
-"""Build what a profile names: its encoder, and its gallery + index when missing."""
+"""Build an encoder from a plain spec (the profile's `[encoder]` table, paths resolved)."""
 
 from __future__ import annotations
 
-from itir.profile import Profile
+from dataclasses import dataclass
+
 from retrieval.encoders import CLIPEncoder, Encoder, WorldEncoder
-from retrieval.index import VectorIndex
-from retrieval.ingest import Progress, index_folder
+from retrieval.text_tower import TextTower
+
+ENCODER_KINDS = ("world", "clip")
 
 
-def load_encoder(profile: Profile) -> Encoder:
-    spec = profile.encoder
+@dataclass(frozen=True)
+class EncoderSpec:
+    kind: str = "world"  # world | clip
+    location: str = "assets/world-encoder"  # folder or hub id
+    batch_size: int = 64
+
+
+def needs_text_tower(spec: EncoderSpec) -> bool:
+    """The world encoder reads the shared MiniLM tower; others bring their own text model."""
+    return spec.kind == "world"
+
+
+def load_encoder(spec: EncoderSpec, device: str = "cpu",
+                 text_tower: TextTower | None = None) -> Encoder:
     if spec.kind == "world":
-        return WorldEncoder(profile.resolve(spec.location), device=profile.torch_device)
+        if text_tower is None:
+            raise ValueError("the world encoder needs the text tower it was trained on")
+        return WorldEncoder(spec.location, text_tower, device=device)
     if spec.kind == "clip":
-        return CLIPEncoder(profile.resolve(spec.location), device=profile.torch_device)
-    raise ValueError(f"unknown encoder kind {spec.kind!r}; expected world or clip")
-
-
-def ensure_index(profile: Profile, encoder: Encoder,
-                 progress: Progress | None = None) -> VectorIndex:
-    """The profile's index; on first use render the world gallery and/or index the folder."""
-    path, folder = profile.index_path, profile.gallery_folder
-    if path.exists():
-        return VectorIndex.load(path, encoder=encoder.identity)
-    if profile.gallery.folder is None:
-        from world.build import DONE, build_split
-
-        if not (folder / DONE).exists():
-            n = profile.gallery.world_scenes
-            build_split(n, "test", folder,
-                        progress=progress and (lambda i, t: progress(i, t, "rendering gallery")))
-    elif not folder.is_dir():
-        raise FileNotFoundError(
-            f"gallery folder {folder} does not exist; create it with your images or set "
-            f"[gallery] folder in the {profile.name!r} profile")
-    index, report = index_folder(folder, encoder, path, progress=progress)
-    if len(index) == 0:
-        raise ValueError(f"no readable images under {folder} ({len(report.skipped)} skipped); "
-                         "add .jpg/.png/.webp/.bmp files and run `itir index` again")
-    return index
+        return CLIPEncoder(spec.location, device=device, batch_size=spec.batch_size)
+    raise ValueError(f"unknown encoder kind {spec.kind!r}; expected one of {ENCODER_KINDS}")

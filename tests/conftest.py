@@ -113,10 +113,10 @@ def random_world_encoder(random_world_encoder_file, text_tower):
 
 @pytest.fixture(scope="session")
 def shipped_encoder(text_tower):
-    from itir.paths import ASSETS
+    from engine.profile import load_profile
     from retrieval.encoders import WorldEncoder
 
-    return WorldEncoder(ASSETS / "world-encoder.safetensors", text_tower=text_tower)
+    return WorldEncoder(load_profile("world").encoder_spec.location, text_tower=text_tower)
 
 
 @pytest.fixture(scope="session")
@@ -124,9 +124,8 @@ def world_app(tmp_path_factory):
     """The real app (world profile, shipped weights) over a 48-scene gallery, launched."""
     from dataclasses import replace
 
-    from app import build_app
-    from itir.profile import GallerySpec, load_profile
-    from ui.chat import allowed_paths
+    from engine.profile import GallerySpec, load_profile
+    from itir.serve import build_app
 
     home = tmp_path_factory.mktemp("itir-home")
     profile = replace(load_profile("world"), gallery=GallerySpec(world_scenes=48),
@@ -134,7 +133,7 @@ def world_app(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("ITIR_HOME", str(home))
     demo, engine = build_app(profile)
-    _, url, _ = demo.launch(prevent_thread_lock=True, allowed_paths=allowed_paths(engine))
+    _, url, _ = demo.launch(prevent_thread_lock=True)
     yield url, engine
     demo.close()
     mp.undo()

@@ -1,32 +1,143 @@
-"""The engine wired from a real-model profile: CLIP encoder + diffusers pipeline + DAR."""
+"""The turn pipeline's seams: the pseudo-image, the round and failures reach the fusion and
+the person as they should. Real encoder, real (tiny) generator, real FAISS index."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
-from fusion.static import add, dar, dar_weights, text_only
-from itir.profile import load_profile
-from retrieval.engine import Engine
+from engine.engine import Engine
+from engine.factory import build_engine, ensure_index
+from engine.profile import GallerySpec, load_profile
+from fusion import DAR, TextOnly
+from generation.base import GenerationError, Generator
+from generation.world import WorldGenerator
+from generation.world_unet import TINY, build_unet, sampling_scheduler
 from world.render import render
 from world.scene import sample_scene
 
 
-def test_dar_is_score_fusion_in_one_vector():
-    rng = np.random.default_rng(0)
-    t, g, x = rng.normal(size=16), rng.normal(size=16), rng.normal(size=(50, 16))
-    for r in (0, 1, 2, 7):
-        w_t, w_g = dar_weights(r)
-        assert np.allclose(x @ dar(t, g, r), w_t * (x @ t) + w_g * (x @ g))
-    assert dar_weights(0) == (0.8, 0.2) and dar_weights(2) == (0.5, 0.5)
-    assert np.allclose(np.linalg.norm(add(t / 4, g, 0)), 1.0)
-    assert text_only(t, g, 3) is t and dar(t, None, 3) is t
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gallery")
+    for i in range(24):
+        render(sample_scene(i), 64).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory, gallery, random_world_encoder_file):
+    home = tmp_path_factory.mktemp("home")
+    return replace(load_profile("world"), fusion="dar", top_k=6,
+                   gallery=GallerySpec(folder=str(gallery)), index=str(home / "g.itirx"),
+                   encoder=replace(load_profile("world").encoder,
+                                   location=str(random_world_encoder_file)))
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, text_tower):
+    folder = tmp_path_factory.mktemp("world-gen")
+    torch.manual_seed(0)
+    build_unet(TINY).save_pretrained(folder / "unet")
+    sampling_scheduler().save_pretrained(folder / "scheduler")
+    return WorldGenerator(folder, text_tower, steps=2, guidance=2.0)
+
+
+@pytest.fixture(scope="module")
+def parts(profile, random_world_encoder):
+    return profile, random_world_encoder, ensure_index(profile, random_world_encoder)
+
+
+def expected_hits(engine, q, k):
+    scores = engine.index.vectors() @ q
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [engine.index.paths[i] for i in order], scores[order]
+
+
+def test_fusion_gets_the_pseudo_image_embedding_and_the_round(parts, tiny_generator):
+    profile, encoder, index = parts
+    engine = Engine(profile, encoder, index, DAR(), tiny_generator)
+    session = engine.session()
+    results = [session.send(m) for m in ("a red circle", "it is large", "the background is blue")]
+    assert [r.round for r in results] == [0, 1, 2]
+    # DAR's weights change at round 2: the round reached the fusion.
+    assert [r.decision["w_image"] for r in results] == [0.2, 0.2, 0.5]
+    for result in results:
+        t = encoder.encode_texts([result.query])[0]
+        g = encoder.encode_images([result.pseudo_image])[0]
+        w_t, w_g = (0.8, 0.2) if result.round < 2 else (0.5, 0.5)
+        paths, scores = expected_hits(engine, w_t * t + w_g * g, profile.top_k)
+        assert [h.path for h in result.hits] == paths
+        assert np.allclose([h.score for h in result.hits], scores, atol=1e-4)
+        # ... and the image mattered: text alone would have scored differently.
+        _, text_scores = expected_hits(engine, t, profile.top_k)
+        assert not np.allclose(text_scores, scores, atol=1e-3)
+    assert {"encode_text", "generate", "embed_image", "fuse", "search", "total"} <= set(
+        results[-1].timings_ms)
+
+
+class FailingGenerator(Generator):
+    """Fault injection: a generator whose model fails the way a GPU out of memory does."""
+
+    identity, steps, guidance, size = "failing", 1, 0.0, 32
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error = error
+
+    def _run(self, prompts, seeds):
+        raise self.error
+
+
+def test_failed_generation_is_a_notice_and_the_text_searches_alone(parts):
+    profile, encoder, index = parts
+    engine = Engine(profile, encoder, index, DAR(),
+                    FailingGenerator(GenerationError("CUDA out of memory")))
+    result = engine.session().send("a green star")
+    assert result.pseudo_image is None
+    assert "No pseudo-image this turn (CUDA out of memory)" in result.notice
+    assert result.fusion == "text" and result.decision == {"w_text": 1.0}
+    paths, _ = expected_hits(engine, encoder.encode_texts(["a green star"])[0], profile.top_k)
+    assert [h.path for h in result.hits] == paths
+
+
+def test_a_bug_in_generation_is_not_hidden(parts):
+    profile, encoder, index = parts
+    engine = Engine(profile, encoder, index, DAR(), FailingGenerator(KeyError("oops")))
+    with pytest.raises(KeyError):
+        engine.search("a green star")
+
+
+def test_text_fusion_skips_what_it_does_not_need(parts, tiny_generator):
+    profile, encoder, index = parts
+    shown = Engine(replace(profile, fusion="text"), encoder, index, TextOnly(), tiny_generator)
+    result = shown.search("a blue square")
+    assert result.pseudo_image is not None and "embed_image" not in result.timings_ms
+    hidden = Engine(replace(profile, fusion="text", show_pseudo_image=False), encoder, index,
+                    TextOnly(), tiny_generator)
+    result = hidden.search("a blue square")
+    assert result.pseudo_image is None and "generate" not in result.timings_ms
+
+
+def test_build_engine_loads_no_generator_when_nothing_needs_it(profile):
+    engine = build_engine(replace(profile, fusion="text", show_pseudo_image=False))
+    assert engine.generator is None and engine.fusion.name == "text"
+
+
+def test_bad_k_round_and_missing_generator_are_clear(parts):
+    profile, encoder, index = parts
+    engine = Engine(profile, encoder, index, TextOnly())
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        engine.search("a red circle", k=0)
+    with pytest.raises(ValueError, match="round starts at 0"):
+        engine.search("a red circle", round_=-1)
+    with pytest.raises(ValueError, match="has no generator"):
+        Engine(profile, encoder, index, DAR(), None)
 
 
 @pytest.fixture
-def clip_hub_profile(tmp_path, tiny_clip_dir, tiny_sd_folder):
-    gallery = tmp_path / "gallery"
-    gallery.mkdir()
-    for i in range(12):
-        render(sample_scene(i)).save(gallery / f"{i}.png")
+def clip_hub_profile(tmp_path, tiny_clip_dir, tiny_sd_folder, gallery):
     path = tmp_path / "real.toml"
     path.write_text(f'''name = "real-tiny"
 device = "cpu"
@@ -48,8 +159,8 @@ folder = "{gallery}"
 
 
 def test_engine_runs_a_dialog_with_clip_and_a_hub_pipeline(clip_hub_profile):
-    engine = Engine.from_profile(clip_hub_profile)
-    assert len(engine.index) == 12 and engine.index.meta.encoder.startswith("clip:")
+    engine = build_engine(clip_hub_profile)
+    assert len(engine.index) == 24 and engine.index.meta.encoder.startswith("clip:")
     session = engine.session()
     first = session.send("a red circle")
     second = session.send("on a blue background")
@@ -58,13 +169,18 @@ def test_engine_runs_a_dialog_with_clip_and_a_hub_pipeline(clip_hub_profile):
         assert len(result.hits) == 5 and result.pseudo_image is not None
         scores = [h.score for h in result.hits]
         assert scores == sorted(scores, reverse=True)
-        assert {"encode_text", "generate", "search", "total"} <= set(result.timings_ms)
+        assert result.decision == {"w_text": 0.8, "w_image": 0.2}
 
 
-def test_unknown_profile_and_bad_keys_are_clear(tmp_path):
+def test_unknown_profile_bad_keys_and_overrides_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="known: .*world"):
         load_profile("no-such-profile")
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[encoder]\nkind = "world"\nwieghts = "typo"\n')
     with pytest.raises(ValueError, match="unknown key.*wieghts"):
         load_profile(str(bad))
+    assert load_profile("world", ["generator.steps=2", "top_k=5"]).generator.steps == 2
+    with pytest.raises(ValueError, match="steps takes a int"):
+        load_profile("world", ["generator.steps=many"])
+    with pytest.raises(ValueError, match="unknown section"):
+        load_profile("world", ["gnerator.steps=2"])

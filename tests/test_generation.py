@@ -80,11 +80,11 @@ def test_tiny_hub_pipeline_loads_from_a_folder_and_generates(tiny_sd_folder):
 
 def test_shipped_world_generator_follows_the_caption(text_tower):
     """The pseudo-image's background is the caption's background colour for most captions."""
-    from itir.paths import ASSETS
+    from engine.profile import load_profile
     from world.captions import full_caption
     from world.scene import COLOURS, sample_scene, split_seed
 
-    gen = WorldGenerator(ASSETS / "world-generator", text_tower)
+    gen = WorldGenerator(load_profile("world").generator_spec.location, text_tower)
     scenes = [sample_scene(split_seed("test", 70_000 + i)) for i in range(24)]
     images = gen.generate([full_caption(s) for s in scenes], seed=0)
     names, palette = list(COLOURS), np.array(list(COLOURS.values()), dtype=float)

@@ -1,8 +1,9 @@
 """Chat UI: a conversation on the left, the best matches and the pseudo-image on the right.
 
-Per-browser-session state is plain data (the turns and the chat messages, cheap for Gradio
-to copy); the engine with its models is shared by all sessions. The chat is rebuilt from that
-state rather than read back from the Chatbot, so API clients get the same dialog as browsers.
+Per-browser-session state is plain data (the dialog state and the chat messages, cheap for
+Gradio to copy); the engine with its models is shared by all sessions. The chat is rebuilt
+from that state rather than read back from the Chatbot, so API clients get the same dialog
+as browsers.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from retrieval.engine import Engine, TurnResult
+from dialog import DialogState
+from engine.engine import Engine, TurnResult
+from ui.thumbnails import thumbnail
 
 INTRO = ("Describe the picture you are looking for. Each message adds to the description; "
          "the gallery shows the best matches so far.")
+# Gradio keeps a file per image it sends; sweep every 10 min what is older than 30 min.
+CACHE_SWEEP = (600, 1800)
 
 
 def _reply(result: TurnResult) -> str:
@@ -29,22 +34,28 @@ def _reply(result: TurnResult) -> str:
     return " ".join(lines)
 
 
+def _decision(result: TurnResult) -> str:
+    parts = []
+    for key, value in result.decision.items():
+        shown = ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else f"{value:.2f}"
+        parts.append(f"{key.replace('_', ' ')} {shown}")
+    return f"{result.fusion} ({'; '.join(parts)})" if parts else result.fusion
+
+
 def _status(result: TurnResult, engine: Engine) -> str:
-    t = result.timings_ms
-    parts = [f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in t.items()]
-    return (f"**Query:** {result.query}  \n**Fusion:** {result.fusion} · "
-            f"**Gallery:** {len(engine.index)} images · " + " · ".join(parts))
+    timings = " · ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in result.timings_ms.items())
+    return (f"**Query:** {result.query}  \n**Fusion:** {_decision(result)} · "
+            f"**Gallery:** {len(engine.index)} images · {timings}")
 
 
 def empty_state() -> dict:
-    return {"turns": [], "history": []}
+    return {"dialog": DialogState().to_dict(), "history": []}
 
 
-def build_ui(engine: Engine) -> gr.Blocks:
+def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP) -> gr.Blocks:
     def send(message: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         # track_tqdm: a hub pipeline's denoising bar shows in the browser while it runs.
-        session = engine.session()
-        session.turns = list(state["turns"])
+        session = engine.session(state["dialog"])
         try:
             result = session.send(message)
         except ValueError as e:  # bad input: say so, keep the message in the box
@@ -52,18 +63,18 @@ def build_ui(engine: Engine) -> gr.Blocks:
             return message, state["history"], gr.skip(), gr.skip(), gr.skip(), state
         history = [*state["history"], {"role": "user", "content": message.strip()},
                    {"role": "assistant", "content": _reply(result)}]
-        gallery = [(h.path, f"#{h.rank + 1} · {h.score:.3f} · {Path(h.path).name}")
+        gallery = [(thumbnail(h.path), f"#{h.rank + 1} · {h.score:.3f} · {Path(h.path).name}")
                    for h in result.hits]
         pseudo = result.pseudo_image
         if pseudo is not None and pseudo.width < 128:  # 32x32 world images: keep pixels crisp
             pseudo = pseudo.resize((128, 128), Image.NEAREST)
-        state = {"turns": session.turns, "history": history}
+        state = {"dialog": session.state.to_dict(), "history": history}
         return "", history, gallery, pseudo, _status(result, engine), state
 
     def reset():
         return "", [], [], None, "", empty_state()
 
-    with gr.Blocks(title="itir — interactive image search") as demo:
+    with gr.Blocks(title="itir — interactive image search", delete_cache=delete_cache) as demo:
         gr.Markdown(f"# itir\n{INTRO}")
         state = gr.State(empty_state())
         with gr.Row():
@@ -81,15 +92,11 @@ def build_ui(engine: Engine) -> gr.Blocks:
                     pseudo = gr.Image(label="Pseudo-image of the query", type="pil",
                                       height=160, interactive=False, elem_id="pseudo")
                     status = gr.Markdown()
+        gr.Markdown(f"<small>{engine.profile.describe()} · {len(engine.index)} images</small>",
+                    elem_id="footer")
         outputs = [box, chat, gallery, pseudo, status, state]
         box.submit(send, [box, state], outputs, api_name="send")
         send_btn.click(send, [box, state], outputs, api_name="send_button")
         reset_btn.click(reset, None, outputs, api_name="reset")
         chat.clear(reset, None, outputs, api_name="clear")  # the Chatbot's own trash button
     return demo
-
-
-def allowed_paths(engine: Engine) -> list[str]:
-    """Folders Gradio may serve images from: those holding the indexed gallery."""
-    roots = {str(Path(p).parent) for p in engine.index.paths}
-    return sorted(roots) if len(roots) < 64 else [str(engine.profile.gallery_folder)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from dialog.query import chatir_query
 from world.captions import NUMBERS, PLACE, STYLE_PHRASE, object_phrase, partial_caption
 from world.scene import SHAPES, Scene
 
@@ -91,4 +92,4 @@ def make_dialog(scene: Scene, rng: random.Random | None = None) -> list[str]:
 
 def round_query(dialog: list[str], r: int) -> str:
     """The ChatIR round-r query: the caption and the first r answered questions."""
-    return ", ".join(dialog[: r + 1])
+    return chatir_query(dialog[: r + 1])

@@ -1,0 +1,1 @@
+"""Shipped weights, each folder with its model card; package data, found via engine.paths."""

@@ -1,0 +1,90 @@
+"""The one factory: everything a profile names, loaded once and wired together.
+
+The text tower is the only model two others share (the world encoder reads it through a
+trained head, the world generator cross-attends it), so it is built here once and handed to
+both. Lower layers get their own plain spec, never the whole profile.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from engine.engine import Engine
+from engine.profile import Profile
+from fusion import Fusion, TextOnly, load_fusion
+from generation import factory as generation
+from generation.base import Generator
+from retrieval import factory as retrieval
+from retrieval.encoders import Encoder
+from retrieval.index import IndexMismatchError, VectorIndex
+from retrieval.ingest import Progress, index_folder
+from retrieval.text_tower import TextTower
+
+
+@dataclass
+class Models:
+    encoder: Encoder | None
+    generator: Generator | None
+    text_tower: TextTower | None
+
+
+def load_models(profile: Profile, with_encoder: bool = True,
+                with_generator: bool = True) -> Models:
+    """The profile's encoder and/or generator, sharing one text tower where both read it."""
+    enc, gen = profile.encoder_spec, profile.generator_spec
+    device = profile.torch_device
+    with_generator = with_generator and gen.kind != "none"
+    shared = ((with_encoder and retrieval.needs_text_tower(enc))
+              or (with_generator and generation.needs_text_tower(gen)))
+    tower = TextTower(device=device) if shared else None
+    encoder = retrieval.load_encoder(enc, device, tower) if with_encoder else None
+    generator = generation.load_generator(gen, device, tower) if with_generator else None
+    return Models(encoder, generator, tower)
+
+
+def build_engine(profile: Profile, progress: Progress | None = None,
+                 with_generator: bool = True) -> Engine:
+    """Load models once; render the world gallery and build the index if they are missing.
+
+    `with_generator=False` (e.g. `itir search --text-only`) searches with the text alone.
+    """
+    fusion: Fusion = load_fusion(profile.fusion_location) if with_generator else TextOnly()
+    # No pseudo-image is needed when neither the fusion nor the person will look at it.
+    needs_image = fusion.uses_image or profile.show_pseudo_image
+    models = load_models(profile, with_generator=with_generator and needs_image)
+    index = ensure_index(profile, models.encoder, progress)
+    return Engine(profile, models.encoder, index, fusion, models.generator)
+
+
+def ensure_index(profile: Profile, encoder: Encoder,
+                 progress: Progress | None = None) -> VectorIndex:
+    """The profile's index; on first use render the world gallery and/or index the folder."""
+    path, folder = profile.index_path, profile.gallery_folder
+    if path.exists():
+        try:
+            return VectorIndex.load(path, encoder=encoder.identity)
+        except IndexMismatchError:
+            if not (profile.world_gallery and profile.index is None):
+                raise
+            # The app's own world index is a cache of shipped weights: after an upgrade of
+            # the encoder it is rebuilt rather than refused.
+            print(f"itir: the world gallery index {path} was built with another encoder; "
+                  "re-indexing it", file=sys.stderr)
+            path.unlink()
+    if profile.world_gallery:
+        from world.build import DONE, build_split
+
+        if not (folder / DONE).exists():
+            n = profile.gallery.world_scenes
+            build_split(n, "test", folder,
+                        progress=progress and (lambda i, t: progress(i, t, "rendering gallery")))
+    elif not folder.is_dir():
+        raise FileNotFoundError(
+            f"gallery folder {folder} does not exist; create it with your images or set "
+            f"[gallery] folder in the {profile.name!r} profile")
+    index, report = index_folder(folder, encoder, path, progress=progress)
+    if len(index) == 0:
+        raise ValueError(f"no readable images under {folder} ({len(report.skipped)} skipped); "
+                         "add .jpg/.png/.webp/.bmp files and run `itir index` again")
+    return index

@@ -1,0 +1,159 @@
+"""Profiles: which encoder, generator, fusion, gallery and device, as data in a TOML file.
+
+A profile composes the plain specs each lower layer defines (`EncoderSpec`,
+`GeneratorSpec`) and hands each layer only its own, with shipped-asset paths resolved.
+Any field can be overridden without editing the file: `--set generator.steps=2`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from engine.paths import assets_dir, home, profiles_dir
+from generation.factory import GeneratorSpec
+from retrieval.factory import EncoderSpec
+
+ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    folder: str | None = None  # None: a rendered world test split of `world_scenes` images
+    world_scenes: int = 5000
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "world"
+    device: str = "auto"  # auto = cuda, then mps, else cpu
+    top_k: int = 12
+    fusion: str = "text"  # a built-in fusion name or a fusion checkpoint folder
+    reformulation: str = "chatir"  # dialog -> query (dialog/query.py)
+    show_pseudo_image: bool = True  # draw it for the person even when the fusion ignores it
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    generator: GeneratorSpec = field(default_factory=GeneratorSpec)
+    gallery: GallerySpec = field(default_factory=GallerySpec)
+    index: str | None = None  # None: ITIR_HOME/indexes/<name>.itirx
+
+    @staticmethod
+    def resolve(location: str) -> str:
+        """`assets/...` -> the shipped folder; other paths expand `~`; hub ids pass through."""
+        if location.startswith(ASSET_PREFIX):
+            return str(assets_dir() / location.removeprefix(ASSET_PREFIX))
+        path = Path(location).expanduser()
+        return str(path.resolve()) if path.exists() else location
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return replace(self.encoder, location=self.resolve(self.encoder.location))
+
+    @property
+    def generator_spec(self) -> GeneratorSpec:
+        return replace(self.generator, location=self.resolve(self.generator.location))
+
+    @property
+    def fusion_location(self) -> str:
+        return self.resolve(self.fusion)
+
+    @property
+    def gallery_folder(self) -> Path:
+        if self.gallery.folder:
+            return Path(self.gallery.folder).expanduser().resolve()
+        return home() / "galleries" / f"world-test-{self.gallery.world_scenes}"
+
+    @property
+    def world_gallery(self) -> bool:
+        """The gallery is the app's own rendered world split (rebuildable at any time)."""
+        return self.gallery.folder is None
+
+    @property
+    def index_path(self) -> Path:
+        if self.index:
+            return Path(self.index).expanduser().resolve()
+        return home() / "indexes" / f"{self.name}.itirx"
+
+    @property
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+
+    def with_overrides(self, **kw) -> Profile:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def override(self, assignment: str) -> Profile:
+        """Apply one `key=value` or `section.key=value` (the value read as TOML, else text)."""
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE (e.g. generator.steps=2), got {assignment!r}")
+        value = _parse_value(raw.strip())
+        section, _, name = key.strip().rpartition(".")
+        if not section:
+            return _set_field(self, name, value, "profile")
+        if section not in ("encoder", "generator", "gallery"):
+            raise ValueError(f"--set {key}: unknown section {section!r}; expected encoder, "
+                             "generator or gallery")
+        part = _set_field(getattr(self, section), name, value, f"[{section}]")
+        return replace(self, **{section: part})
+
+    def describe(self) -> str:
+        gen = self.generator
+        generator = "none" if gen.kind == "none" else (
+            f"{gen.kind} {gen.location} ({gen.steps} steps, guidance {gen.guidance})")
+        return (f"profile {self.name}: encoder {self.encoder.kind} {self.encoder.location} · "
+                f"generator {generator} · fusion {self.fusion} · device {self.torch_device}")
+
+
+def _parse_value(raw: str):
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare word: text
+
+
+def _set_field(obj, name: str, value, where: str):
+    known = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    if name not in known:
+        raise ValueError(f"{where}: unknown key {name!r}; expected one of {sorted(known)}")
+    current = known[name]
+    if current is not None and not isinstance(value, type(current)) and not (
+            isinstance(current, float) and isinstance(value, int)):
+        raise ValueError(f"{where} {name} takes a {type(current).__name__}, got {value!r}")
+    return replace(obj, **{name: value})
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+    return cls(**data)
+
+
+def load_profile(name_or_path: str = "world", overrides: list[str] | tuple[str, ...] = (),
+                 ) -> Profile:
+    """A profile by name (a shipped profiles/<name>.toml) or by path to a TOML file."""
+    path = Path(name_or_path).expanduser()
+    if not path.suffix:
+        path = profiles_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in profiles_dir().glob("*.toml"))
+        raise FileNotFoundError(f"profile {name_or_path!r} not found; known: {names} "
+                                "(or give the path of a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML: {e}") from e
+    parts = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec}
+    for key, cls in parts.items():
+        data[key] = _build(cls, data.get(key, {}), f"{path} [{key}]")
+    profile = _build(Profile, data, str(path))
+    for assignment in overrides:
+        profile = profile.override(assignment)
+    return profile

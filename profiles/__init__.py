@@ -1,0 +1,1 @@
+"""Profiles as TOML data; package data, found via engine.paths."""
