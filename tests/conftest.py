@@ -121,19 +121,34 @@ def shipped_encoder(text_tower):
 
 @pytest.fixture(scope="session")
 def world_app(tmp_path_factory):
-    """The real app (world profile, shipped weights) over a 48-scene gallery, launched."""
-    from dataclasses import replace
+    """The real app, started as a new user would: `itir serve` from an unrelated folder,
+    world profile and shipped weights, over a 48-scene gallery. Yields (url, top_k)."""
+    import subprocess
+    import sys
+    import time
 
-    from engine.profile import GallerySpec, load_profile
-    from itir.serve import build_app
+    from gradio_client import Client
 
-    home = tmp_path_factory.mktemp("itir-home")
-    profile = replace(load_profile("world"), gallery=GallerySpec(world_scenes=48),
-                      index=str(home / "world.itirx"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ITIR_HOME", str(home))
-    demo, engine = build_app(profile)
-    _, url, _ = demo.launch(prevent_thread_lock=True)
-    yield url, engine
-    demo.close()
-    mp.undo()
+    work = tmp_path_factory.mktemp("elsewhere")
+    port = 7700 + os.getpid() % 200
+    env = {**os.environ, "ITIR_HOME": str(work / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "itir.cli", "serve", "--port", str(port),
+         "--set", "gallery.world_scenes=48"], cwd=work, env=env, stdout=log, stderr=log)
+    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("itir serve exited:\n" + (work / "serve.log").read_text())
+        if time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("itir serve did not come up:\n" + (work / "serve.log").read_text())
+        try:
+            Client(url, verbose=False)
+            break
+        except Exception:
+            time.sleep(0.3)
+    yield url, 12
+    proc.terminate()
+    proc.wait(20)
+    log.close()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 def test_chat_in_chromium_shows_results(world_app):
     from playwright.sync_api import expect, sync_playwright
 
-    url, engine = world_app
+    url, top_k = world_app
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -30,7 +30,7 @@ def test_chat_in_chromium_shows_results(world_app):
         box.press("Enter")
         expect(page.get_by_text("Round 2: searched for")).to_be_visible(timeout=30_000)
         gallery = page.locator("#results img")
-        expect(gallery).to_have_count(engine.profile.top_k, timeout=30_000)
+        expect(gallery).to_have_count(top_k, timeout=30_000)
         expect(page.get_by_text("#1 ·").first).to_be_visible()
         expect(page.locator("#pseudo img")).to_be_visible()
         if os.environ.get("ITIR_SCREENSHOT"):  # docs/ui.png is made this way
