@@ -2,8 +2,11 @@ import json
 import random
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from itir.cli import main
+from world.build import build_split, read_scenes
 from world.captions import PLACE, full_caption
 from world.dialogs import make_dialog, round_query
 from world.render import STYLES, render
@@ -94,3 +97,92 @@ def test_world_build_cli_writes_images_ground_truth_and_chatir_files(tmp_path):
     assert [d["img"] for d in dialogs] == corpus
     assert all(len(d["dialog"]) == 11 for d in dialogs)
     assert all((tmp_path / p).is_file() for p in corpus)
+
+
+def snapshot(folder):
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def check_consistent(folder, imgs):
+    """scenes.jsonl, dialogs.json, corpus.json and images/ all list exactly `imgs`."""
+    assert [r["img"] for r in read_scenes(folder)] == imgs
+    assert [d["img"] for d in json.loads((folder / "dialogs.json").read_text())] == imgs
+    assert json.loads((folder / "corpus.json").read_text()) == imgs
+    assert sorted(str(p.relative_to(folder)) for p in (folder / "images").iterdir()) == imgs
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "corpus.json", "dialogs.json", "images", "scenes.jsonl"]  # no staging folder left
+
+
+def test_building_over_an_earlier_build_replaces_it(tmp_path):
+    build_split(4, "val", tmp_path, size=16)
+    build_split(2, "test", tmp_path, size=16)
+    check_consistent(tmp_path, ["images/test-000000.png", "images/test-000001.png"])
+
+
+def test_building_over_an_unfinished_build_replaces_it(tmp_path):
+    # What a build killed before it wrote scenes.jsonl left behind (before builds staged).
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "train-000007.png").write_bytes(b"half a png")
+    (tmp_path / "scenes.jsonl.tmp").write_text("{}\n")
+    build_split(1, "test", tmp_path, size=16)
+    check_consistent(tmp_path, ["images/test-000000.png"])
+
+
+def test_an_interrupted_build_leaves_the_earlier_one_as_it_was(tmp_path):
+    build_split(3, "test", tmp_path, size=16)
+    before = snapshot(tmp_path)
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_split(5, "val", tmp_path, size=16, progress=interrupt)
+    assert snapshot(tmp_path) == before
+    check_consistent(tmp_path, [f"images/test-00000{i}.png" for i in range(3)])
+
+
+@pytest.mark.parametrize("files", [
+    ["photo.jpg"],
+    ["scenes.jsonl", "notes.txt"],  # a world build the user added files to
+    ["scenes.jsonl", "images/holiday.png"],
+])
+def test_a_folder_that_is_not_a_world_build_is_refused_untouched(tmp_path, files):
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"the user's {name}")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="not an earlier world build.*pick an empty or new"):
+        build_split(2, "test", tmp_path, size=16)
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({f.split("/")[0] for f in files})
+
+
+def test_build_a_range_of_scenes_from_first(tmp_path):
+    build_split(2, "test", tmp_path, size=32, first=120)
+    check_consistent(tmp_path, ["images/test-000120.png", "images/test-000121.png"])
+    for i, record in zip((120, 121), read_scenes(tmp_path)):
+        assert record["seed"] == split_seed("test", i)
+        assert record["caption"] == full_caption(sample_scene(record["seed"]))
+        with Image.open(tmp_path / record["img"]) as im:
+            assert np.array_equal(np.asarray(im.convert("RGB")),
+                                  np.asarray(render(sample_scene(record["seed"]), 32)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(n=2, split="test", first=-1), "--first must be at least 0, got -1"),
+    (dict(n=0, split="test"), "--n must be at least 1"),
+    (dict(n=2, split="test", first=9_999_999), "scene index 10000000 out of range"),
+    (dict(n=1, split="dev"), "unknown split 'dev'"),
+])
+def test_a_bad_range_is_refused_before_anything_is_written(tmp_path, args, message):
+    with pytest.raises(ValueError, match=message):
+        build_split(out=tmp_path / "world", size=16, **args)
+    assert not (tmp_path / "world").exists()
+
+
+def test_a_file_is_not_a_build_folder(tmp_path):
+    (tmp_path / "world").write_text("a file")
+    with pytest.raises(ValueError, match="is a file; pick an empty or new folder"):
+        build_split(1, "test", tmp_path / "world", size=16)
