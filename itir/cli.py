@@ -38,8 +38,9 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 def cmd_world_build(args: argparse.Namespace) -> int:
     from world.build import build_split
 
-    out = build_split(args.n, args.split, args.out, size=args.size)
-    print(f"wrote {args.n} {args.split} scenes to {out} (scenes.jsonl, dialogs.json, corpus.json)")
+    out = build_split(args.n, args.split, args.out, size=args.size, first=args.first)
+    print(f"wrote {args.split} scenes {args.first}..{args.first + args.n - 1} to {out} "
+          "(scenes.jsonl, dialogs.json, corpus.json)")
     return 0
 
 
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     wb = w.add_parser("build", help="render scenes with ground truth, captions and dialogs")
     wb.add_argument("--n", type=positive_int, required=True)
     wb.add_argument("--split", choices=["train", "val", "test"], default="test")
+    wb.add_argument("--first", type=non_negative_int, default=0,
+                    help="index of the first scene in the split (any range of seeds)")
     wb.add_argument("--out", required=True)
     wb.add_argument("--size", type=positive_int, default=128)
     wb.set_defaults(func=cmd_world_build)

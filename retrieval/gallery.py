@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 MAX_SIDE = 1024  # longer side of a loaded image: ample for encoders that read ~224 px
@@ -50,7 +50,9 @@ def load_image(path: str | Path, max_side: int = MAX_SIDE,
             im = Image.open(path)  # reads the header only
         with im:
             check_pixels(im.size, max_pixels)
-            return _flatten(decode_downscaled(im, max_side))
+            # Phones store photos sideways with an EXIF orientation tag: upright them, so
+            # the encoder sees (and the person is shown) what the camera saw.
+            return _flatten(ImageOps.exif_transpose(decode_downscaled(im, max_side)))
     except UnreadableImage:
         raise
     except Exception as e:

@@ -172,3 +172,11 @@ def test_permission_error_in_plain_words():
     # The same as the test above for when it cannot run (as root, nothing is unreadable).
     denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), "secret.png")
     assert describe_failure(denied) == "unreadable: permission denied"
+
+
+def test_photos_are_loaded_upright_by_their_exif_orientation(tmp_path):
+    image = Image.new("RGB", (300, 100), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display": a portrait photo stored sideways
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg").size == (100, 300)

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw
 
-from retrieval.gallery import load_image
+from retrieval.gallery import UnreadableImage, load_image
 
 SIDE = 256  # pixels on the longer side: sharp in a 4-column gallery, small to send
 
@@ -22,11 +22,9 @@ def thumbnail(path: str, side: int = SIDE) -> Image.Image:
     """A copy of the image at `path` no larger than side x side; a labelled placeholder if
     the file has gone or cannot be read since it was indexed."""
     try:
-        image = load_image(path)
-    except (OSError, ValueError, SyntaxError) as e:
-        return placeholder(side, f"cannot show:\n{type(e).__name__}")
-    image.thumbnail((side, side), Image.BOX)
-    return image
+        return load_image(path, max_side=side)
+    except UnreadableImage as e:
+        return placeholder(side, f"cannot show:\n{str(e)[:40]}")
 
 
 def placeholder(side: int, text: str) -> Image.Image:
