@@ -57,9 +57,7 @@ class Engine:
 
     def search(self, query: str, round_: int = 0, k: int | None = None) -> TurnResult:
         """Search for one query text at dialog round `round_` (the fusion may depend on it)."""
-        k = self.profile.top_k if k is None else k
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
         timings: dict[str, float] = {}
@@ -88,13 +86,26 @@ class Engine:
         fusion = self.fusion if g is not None or not self.fusion.uses_image else TextOnly()
         fused = fusion(t, g, np.array([round_]))
         lap("fuse")
-        scores, ids = self.index.search(fused.query, k)
+        hits = self._hits(fused.query, k)
         lap("search")
-        hits = [Hit(r, self.index.paths[i], float(s))
-                for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
         timings["total"] = (time.perf_counter() - start) * 1e3
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
                           timings)
+
+    def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
+        """Query by example: the gallery images nearest to `image` (the encoder's space)."""
+        return self._hits(self.encoder.encode_images([image]), self._check_k(k))
+
+    def _check_k(self, k: int | None) -> int:
+        k = self.profile.top_k if k is None else k
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return k
+
+    def _hits(self, query: np.ndarray, k: int) -> list[Hit]:
+        scores, ids = self.index.search(query, k)
+        return [Hit(r, self.index.paths[i], float(s))
+                for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
 
     def turn(self, state: DialogState, k: int | None = None) -> TurnResult:
         """The search for a dialog's latest round."""

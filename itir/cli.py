@@ -72,16 +72,32 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from dialog import check_message
     from engine.factory import build_engine
+    from retrieval.gallery import load_image
 
-    text = check_message(args.text)
-    engine = build_engine(_profile(args), with_generator=not args.text_only)
-    result = engine.search(text, round_=args.round, k=args.k)
-    for hit in result.hits:
-        print(f"{hit.rank + 1:3d}  {hit.score:.4f}  {hit.path}")
-    if result.notice:
-        print(result.notice, file=sys.stderr)
-    timings = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
-    print(f"({result.fusion} {result.decision}; {timings})", file=sys.stderr)
+    if not args.text and not args.image:
+        raise ValueError("give a text to search for, or --image FILE to search by example")
+    texts = [check_message(t) for t in args.text]
+    images = [(path, load_image(path)) for path in args.image]  # fail before models load
+    engine = build_engine(_profile(args), with_generator=not args.text_only and bool(texts))
+    results = []
+    for text in texts:
+        result = engine.search(text, round_=args.round, k=args.k)
+        results.append((text, result.hits))
+        if result.notice:
+            print(result.notice, file=sys.stderr)
+        timings = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
+        print(f"{text!r}: {result.fusion} {result.decision}; {timings}", file=sys.stderr)
+    results += [(path, engine.search_image(image, k=args.k)) for path, image in images]
+    if args.json:
+        print(json.dumps([{"query": query, "hits": [
+            {"rank": h.rank + 1, "path": h.path, "score": round(h.score, 6)} for h in hits]}
+            for query, hits in results], indent=2))
+        return 0
+    for query, hits in results:
+        if len(results) > 1:
+            print(f"# {query}")
+        for hit in hits:
+            print(f"{hit.rank + 1:3d}  {hit.score:.4f}  {hit.path}")
     return 0
 
 
@@ -190,8 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--batch-size", type=positive_int, default=64)
     ix.set_defaults(func=cmd_index)
 
-    se = with_profile(sub.add_parser("search", help="print the best matches for a text"))
-    se.add_argument("text")
+    se = with_profile(sub.add_parser("search", help="print the best matches for texts or images"))
+    se.add_argument("text", nargs="*", help="one or more texts, each its own search")
+    se.add_argument("--image", action="append", default=[], metavar="FILE",
+                    help="search by example: the images nearest to FILE (repeatable)")
+    se.add_argument("--json", action="store_true",
+                    help='print [{"query", "hits": [{"rank", "path", "score"}]}], rank 1 = best')
     se.add_argument("--k", type=positive_int, default=10)
     se.add_argument("--round", type=non_negative_int, default=0,
                     help="dialog round, 0 = first message (DAR's weights depend on it)")

@@ -54,3 +54,30 @@ def test_index_says_which_index_it_extends_and_how_to_make_another(
     err = capsys.readouterr().err
     assert f"adding {folder} to profile 't''s index at {tmp_path / 't.itirx'} (3 images" in err
     assert "--index NEW.itirx" in err
+
+
+def test_search_several_texts_and_an_image_as_json(tmp_path, capsys, random_world_encoder_file):
+    import json
+
+    from world.render import render
+    from world.scene import sample_scene
+
+    folder = tmp_path / "g"
+    folder.mkdir()
+    for i in range(6):
+        render(sample_scene(i), 64).save(folder / f"{i}.png")
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'name = "t"\nindex = "{tmp_path / "t.itirx"}"\nshow_pseudo_image = false\n'
+                       f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_file}"\n'
+                       f'[gallery]\nfolder = "{folder}"\n')
+    args = ["search", "a red circle", "a blue square", "--image", str(folder / "3.png"),
+            "--k", "4", "--json", "--profile", str(profile)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in out] == ["a red circle", "a blue square", str(folder / "3.png")]
+    assert all([h["rank"] for h in r["hits"]] == [1, 2, 3, 4] for r in out)
+    assert out[2]["hits"][0]["path"] == str((folder / "3.png").resolve())  # finds itself
+    assert main(["search", "--profile", str(profile)]) == 2
+    assert "give a text to search for" in last_error_line(capsys)
+    assert main(["search", "--image", str(tmp_path / "nope.png"), "--profile", str(profile)]) == 2
+    assert "file not found" in last_error_line(capsys)
