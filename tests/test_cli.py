@@ -1,8 +1,12 @@
 """The command line: bad arguments and expected failures end in one clear line."""
 
+import json
+
 import pytest
 
 from itir.cli import main
+from world.render import render
+from world.scene import sample_scene
 
 
 def last_error_line(capsys) -> str:
@@ -35,33 +39,9 @@ def test_unknown_profile_and_bad_override_are_one_line(capsys):
     assert "--set takes KEY=VALUE" in last_error_line(capsys)
 
 
-def test_index_says_which_index_it_extends_and_how_to_make_another(
-        tmp_path, capsys, random_world_encoder_file):
-    from world.render import render
-    from world.scene import sample_scene
-
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    for i in range(3):
-        render(sample_scene(i), 64).save(folder / f"{i}.png")
-    profile = tmp_path / "p.toml"
-    profile.write_text(f'name = "t"\nindex = "{tmp_path / "t.itirx"}"\n'
-                       f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_file}"\n')
-    assert main(["index", str(folder), "--profile", str(profile)]) == 0
-    assert "adding" not in capsys.readouterr().err  # a new index: nothing is extended
-    render(sample_scene(7), 64).save(folder / "7.png")
-    assert main(["index", str(folder), "--profile", str(profile)]) == 0
-    err = capsys.readouterr().err
-    assert f"adding {folder} to profile 't''s index at {tmp_path / 't.itirx'} (3 images" in err
-    assert "--index NEW.itirx" in err
-
-
-def test_search_several_texts_and_an_image_as_json(tmp_path, capsys, random_world_encoder_file):
-    import json
-
-    from world.render import render
-    from world.scene import sample_scene
-
+@pytest.fixture
+def small_world(tmp_path, random_world_encoder_file):
+    """(gallery folder of 6 scenes, a profile TOML on it with the random world encoder)."""
     folder = tmp_path / "g"
     folder.mkdir()
     for i in range(6):
@@ -70,6 +50,23 @@ def test_search_several_texts_and_an_image_as_json(tmp_path, capsys, random_worl
     profile.write_text(f'name = "t"\nindex = "{tmp_path / "t.itirx"}"\nshow_pseudo_image = false\n'
                        f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_file}"\n'
                        f'[gallery]\nfolder = "{folder}"\n')
+    return folder, profile
+
+
+def test_index_says_which_index_it_extends_and_how_to_make_another(small_world, tmp_path,
+                                                                   capsys):
+    folder, profile = small_world
+    assert main(["index", str(folder), "--profile", str(profile)]) == 0
+    assert "adding" not in capsys.readouterr().err  # a new index: nothing is extended
+    render(sample_scene(7), 64).save(folder / "7.png")
+    assert main(["index", str(folder), "--profile", str(profile)]) == 0
+    err = capsys.readouterr().err
+    assert f"adding {folder} to profile 't''s index at {tmp_path / 't.itirx'} (6 images" in err
+    assert "--index NEW.itirx" in err
+
+
+def test_search_several_texts_and_an_image_as_json(small_world, tmp_path, capsys):
+    folder, profile = small_world
     args = ["search", "a red circle", "a blue square", "--image", str(folder / "3.png"),
             "--k", "4", "--json", "--profile", str(profile)]
     assert main(args) == 0
