@@ -14,7 +14,7 @@ PROFILES = REPO / "profiles"
 @dataclass(frozen=True)
 class EncoderSpec:
     kind: str = "world"  # world | clip
-    location: str = "assets/world-encoder.safetensors"
+    location: str = "assets/world-encoder"
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,15 @@ from itir.profile import Profile
 from retrieval.encoders import CLIPEncoder, Encoder, WorldEncoder
 from retrieval.index import VectorIndex
 from retrieval.ingest import Progress, index_folder
+from retrieval.text_tower import TextTower
 
 
-def load_encoder(profile: Profile) -> Encoder:
+def load_encoder(profile: Profile, text_tower: TextTower | None = None) -> Encoder:
+    """The profile's encoder; a world encoder reads `text_tower` (loaded here if not given)."""
     spec = profile.encoder
     if spec.kind == "world":
-        return WorldEncoder(profile.resolve(spec.location), device=profile.torch_device)
+        tower = text_tower or TextTower(device=profile.torch_device)
+        return WorldEncoder(profile.resolve(spec.location), tower, device=profile.torch_device)
     if spec.kind == "clip":
         return CLIPEncoder(profile.resolve(spec.location), device=profile.torch_device)
     raise ValueError(f"unknown encoder kind {spec.kind!r}; expected world or clip")

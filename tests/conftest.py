@@ -93,22 +93,21 @@ def text_tower():
 
 
 @pytest.fixture(scope="session")
-def random_world_encoder_file(tmp_path_factory):
-    """World encoder weights with a random (seeded) image tower and head."""
-    from retrieval.train_encoder import save_encoder
+def random_world_encoder_dir(tmp_path_factory):
+    """A world encoder folder (save_pretrained) with a random (seeded) image tower and head."""
     from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("enc") / "random-encoder.safetensors"
-    save_encoder(WorldDualEncoder(WorldEncoderConfig()).eval(), path)
-    return path
+    folder = tmp_path_factory.mktemp("enc") / "random-encoder"
+    WorldDualEncoder(WorldEncoderConfig()).eval().save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
-def random_world_encoder(random_world_encoder_file, text_tower):
+def random_world_encoder(random_world_encoder_dir, text_tower):
     from retrieval.encoders import WorldEncoder
 
-    return WorldEncoder(random_world_encoder_file, text_tower=text_tower)
+    return WorldEncoder(random_world_encoder_dir, text_tower)
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +115,7 @@ def shipped_encoder(text_tower):
     from itir.paths import ASSETS
     from retrieval.encoders import WorldEncoder
 
-    return WorldEncoder(ASSETS / "world-encoder.safetensors", text_tower=text_tower)
+    return WorldEncoder(ASSETS / "world-encoder", text_tower)
 
 
 @pytest.fixture(scope="session")
