@@ -1,8 +1,7 @@
-"""PNG plots of benchmark results and training logs (matplotlib, headless)."""
+"""PNG plots of benchmark results (matplotlib, headless). Loss curves: training.plots."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -44,17 +43,6 @@ def generator_fidelity(result: dict, out: str | Path) -> Path:
     b.set_ylim(0, 1)
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out)
-
-
-def training_curve(log_jsonl: str | Path, out: str | Path, title: str) -> Path:
-    rows = [json.loads(line) for line in Path(log_jsonl).read_text().splitlines() if line]
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
     return _save(fig, out)
 
 

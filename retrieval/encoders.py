@@ -7,7 +7,6 @@ with one encoder is never searched with another.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retrieval.text_tower import TextTower
-from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+from retrieval.world_encoder import WorldDualEncoder
 
 
 class Encoder(Protocol):
@@ -50,29 +49,32 @@ def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
 
 
 class WorldEncoder:
-    """The world dual encoder: locked MiniLM text tower + trained head and image tower."""
+    """The world dual encoder: locked MiniLM text tower + trained head and image tower.
 
-    def __init__(self, weights: str | Path, text_tower: TextTower | None = None,
-                 device: str = "cpu", batch_size: int = 256):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    `location` is a folder written by `WorldDualEncoder.save_pretrained` (config.json +
+    model.safetensors); `text_tower` is the process's shared tower (the generator reads it too).
+    """
 
-        weights = Path(weights)
-        if not weights.exists():
+    def __init__(self, location: str | Path, text_tower: TextTower, device: str = "cpu",
+                 batch_size: int = 256):
+        folder = Path(location)
+        weights = folder / "model.safetensors"
+        if not (weights.is_file() and (folder / "config.json").is_file()):
             raise FileNotFoundError(
-                f"world encoder weights not found at {weights}; they ship in assets/ "
-                "(reinstall from a clean clone) or can be rebuilt with `itir train-encoder`")
-        with safe_open(str(weights), "pt") as f:
-            cfg = WorldEncoderConfig.from_dict(json.loads(f.metadata()["config"]))
-        self.model = WorldDualEncoder(cfg)
-        self.model.load_state_dict(load_file(str(weights)))
-        self.model.to(device).eval()
-        self.text_tower = text_tower or TextTower(device=device)
+                f"no world encoder at {folder} (expected config.json and model.safetensors, "
+                "as written by save_pretrained); it ships in assets/world-encoder (reinstall "
+                "from a clean clone) or can be rebuilt with `itir train-encoder`")
+        self.model = WorldDualEncoder.from_pretrained(folder).to(device).eval()
+        cfg = self.model.config
+        if text_tower.width != cfg.text_width:
+            raise ValueError(f"the encoder at {folder} reads {cfg.text_width}-wide states of "
+                             f"{cfg.text_tower}, but the text tower gives {text_tower.width}")
+        self.text_tower = text_tower
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dim = cfg.embed_dim
         self.image_size = cfg.image_size
-        self.identity = f"world:{weights.stem}@{file_digest(weights)}"
+        self.identity = f"world:{folder.name}@{file_digest(weights)}"
 
     @torch.no_grad()
     def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

@@ -25,6 +25,12 @@ def minilm_location() -> str:
     return str(get_model_path())
 
 
+def tower_location(name: str = MINILM_HUB_ID) -> str:
+    """Where to load the tower a model folder names: all-MiniLM-L6-v2 from the offline package
+    when it is installed; any other name (a hub id or a folder) as it is."""
+    return minilm_location() if name == MINILM_HUB_ID else name
+
+
 class TextTower(torch.nn.Module):
     """Frozen transformer text tower; `forward(texts)` returns (states [B,L,W], mask [B,L])."""
 

@@ -7,39 +7,35 @@ has to embed them next to the real 64x64 gallery images.
 
 from __future__ import annotations
 
-import json
-import math
-import random
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
-from tqdm import tqdm
 
 from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+from training import (
+    TrainConfig,
+    clear_checkpoints,
+    run_facts,
+    train,
+    training_curve,
+    write_model_card,
+)
+from training.loop import Evaluate
 from world.corpus import Corpus
 
 
 @dataclass
-class EncoderTrainConfig:
+class EncoderTrainConfig(TrainConfig):
     steps: int = 1500
-    batch_size: int = 128
     lr: float = 1e-3
-    weight_decay: float = 0.05
     warmup: int = 100
+    weight_decay: float = 0.05
+    eval_every: int = 500
+    batch_size: int = 128  # scenes per step, one text each
     low_res_fraction: float = 0.25
-    seed: int = 0
-    log_every: int = 50
-
-
-def lr_at(step: int, cfg: EncoderTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -53,93 +49,100 @@ def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch
     return out
 
 
+def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig
+                    ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    """Batch sampler: `batch_size` distinct scenes, each with one of its texts at random."""
+    n_scenes = len(corpus.images)
+    # Texts grouped by scene: scene s owns by_scene[first[s] : first[s] + count[s]].
+    by_scene = torch.argsort(corpus.text_scene, stable=True)
+    count = torch.bincount(corpus.text_scene, minlength=n_scenes)
+    first = count.cumsum(0) - count
+
+    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        scenes = torch.randperm(n_scenes, generator=gen)[: cfg.batch_size]
+        offset = (torch.rand(len(scenes), generator=gen) * count[scenes]).long()
+        states, mask = corpus.batch_states(by_scene[first[scenes] + offset])
+        images = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
+        return {"images": images, "states": states, "mask": mask}
+
+    return sample
+
+
+def contrastive_loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Symmetric InfoNCE: each image against every text of the batch, and vice versa."""
+    img = model.encode_image(batch["images"])
+    txt = model.encode_text(batch["states"], batch["mask"])
+    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    labels = torch.arange(len(img), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 @torch.no_grad()
 def recall_at(model: WorldDualEncoder, corpus: Corpus, kind: int = 0,
               ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Text->image recall over the corpus' scenes, using one text of `kind` per scene."""
     model.eval()
-    img = torch.cat([model.encode_image(corpus.images[i:i + 256])
+    device = model.logit_scale.device
+    img = torch.cat([model.encode_image(corpus.images[i:i + 256].to(device))
                      for i in range(0, len(corpus.images), 256)])
     ids = torch.nonzero(corpus.text_kind == kind).squeeze(1)
-    txt = torch.cat([model.encode_text(*corpus.batch_states(ids[i:i + 256]))
-                     for i in range(0, len(ids), 256)])
-    target = corpus.text_scene[ids]
+    txt = []
+    for i in range(0, len(ids), 256):
+        states, mask = corpus.batch_states(ids[i:i + 256])
+        txt.append(model.encode_text(states.to(device), mask.to(device)))
+    txt = torch.cat(txt)
+    target = corpus.text_scene[ids].to(device)
     scores = txt @ img.T
     rank = (scores > scores.gather(1, target[:, None])).sum(1)
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
 def train_encoder(corpus: Corpus, model_cfg: WorldEncoderConfig, cfg: EncoderTrainConfig,
-                  val: Corpus | None = None, log_path: str | Path | None = None,
-                  ) -> tuple[WorldDualEncoder, list[dict]]:
+                  out: str | Path | None = None, *, resume: bool = False,
+                  evaluate: Evaluate | None = None) -> tuple[WorldDualEncoder, list[dict]]:
+    """A freshly initialised encoder trained on `corpus`; with `out`, a resumable run there."""
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     model = WorldDualEncoder(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    texts_of: dict[int, list[int]] = {}
-    for t, s in enumerate(corpus.text_scene.tolist()):
-        texts_of.setdefault(s, []).append(t)
-    scenes = list(texts_of)
-    log = []
-    log_file = open(log_path, "a") if log_path else None
-    start = time.time()
-    for step in tqdm(range(cfg.steps), desc="train encoder", unit="step"):
-        model.train()
-        batch = rng.sample(scenes, cfg.batch_size)
-        text_ids = torch.tensor([rng.choice(texts_of[s]) for s in batch])
-        images = shrink(corpus.images[batch], cfg.low_res_fraction, gen)
-        img = model.encode_image(images)
-        txt = model.encode_text(*corpus.batch_states(text_ids))
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        labels = torch.arange(len(batch))
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            entry = {"step": step + 1, "loss": round(loss.item(), 4),
-                     "seconds": round(time.time() - start, 1)}
-            if val is not None and ((step + 1) % (cfg.log_every * 10) == 0
-                                    or step + 1 == cfg.steps):
-                entry["val_full_caption"] = recall_at(model, val)
-            log.append(entry)
-            if log_file:
-                log_file.write(json.dumps(entry) + "\n")
-                log_file.flush()
-    model.eval()
+    log = train(model, encoder_batches(corpus, cfg), contrastive_loss, cfg, out, resume=resume,
+                evaluate=evaluate, desc="train encoder")
     return model, log
-
-
-def save_encoder(model: WorldDualEncoder, path: str | Path, extra: dict | None = None) -> None:
-    meta = {"config": json.dumps(model.cfg.to_dict()), **(extra or {})}
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in meta.items()})
 
 
 MODEL_CARD = """# world encoder
 
 A dual encoder for the itir world: the locked all-MiniLM-L6-v2 text tower (not stored here)
 with a trained one-layer attention head, and a {image_params:.2f}M-parameter CNN image tower
-trained from scratch. Embeddings are {dim}-d and L2-normalised.
+trained from scratch. Embeddings are {embed_dim}-d and L2-normalised.
 
-- Data: {scenes} world train scenes (seeds {first}..{last}), each with a full caption and a
-  partial caption or 1-4-round dialog prefix; images {size}x{size}, a quarter shrunk to 32x32.
-- Training: {steps} steps, batch {batch}, AdamW lr {lr}, cosine; symmetric InfoNCE with a
-  learnable temperature; seed {seed}.
-- Wall time: {minutes:.1f} min on {threads} CPU thread(s).
-- Validation ({val} val scenes, full caption, text->image): {val_metrics}
+- Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption and a
+  partial caption or 1-4-round dialog prefix; {image_size}x{image_size} images, a quarter
+  of them shrunk to 32x32 and back.
+- Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
+  {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;
+  seed {seed}; final loss {final_loss:.4f}.
+- Wall time: {minutes:.1f} min on {hardware}. Loss curve: `loss.png`; log: `train.log.jsonl`.
+- Validation ({val_scenes} val scenes, full caption, text->image): {val_metrics}
 - Test numbers: docs/BENCHMARKS.md.
 
-Reproduce: `{command}`
+Use (config.json + model.safetensors):
+
+```python
+from retrieval.world_encoder import WorldDualEncoder
+model = WorldDualEncoder.from_pretrained("{out}")
+# its text head reads the token states of {text_tower}
+```
 """
+
+CARD_METADATA = {"license": "mit", "library_name": "pytorch",
+                 "tags": ["itir", "text-to-image-retrieval", "dual-encoder",
+                          "pytorch_model_hub_mixin"]}
 
 
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
-              batch_size: int = 128, val_scenes: int = 1000, seed: int = 0) -> dict:
-    """Build (or reuse) the corpora, train, write `out` (safetensors) and its model card."""
+              batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
+              resume: bool = False) -> dict:
+    """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
+    model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall."""
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 
@@ -150,23 +153,17 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     del tower
     cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    model, log = train_encoder(corpus, model_cfg, cfg, val=val,
-                               log_path=out.with_suffix(".log.jsonl"))
-    minutes = (time.time() - start) / 60
-    metrics = recall_at(model, val)
-    save_encoder(model, out, {"scenes": scenes, "steps": steps, "val": json.dumps(metrics)})
-    card = MODEL_CARD.format(
-        image_params=sum(p.numel() for p in model.image.parameters()) / 1e6,
-        dim=model_cfg.embed_dim, scenes=scenes, first=0, last=scenes - 1,
-        size=model_cfg.image_size, steps=steps, batch=batch_size, lr=cfg.lr, seed=seed,
-        minutes=minutes, threads=torch.get_num_threads(), val=val_scenes,
-        val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
-        command=f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}")
-    out.with_suffix(".md").write_text(card)
-    from evaluation.plots import training_curve
-
-    training_curve(out.with_suffix(".log.jsonl"), out.with_suffix(".loss.png"),
-                   "world encoder: InfoNCE loss")
+    model, log = train_encoder(
+        corpus, model_cfg, cfg, out, resume=resume,
+        evaluate=lambda m, step: {"val_full_caption": recall_at(m, val)})
+    metrics = log[-1]["val_full_caption"]  # the loop evaluates the final weights
+    model.save_pretrained(out)
+    write_model_card(
+        out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
+        command=f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}",
+        **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,
+        image_params=sum(p.numel() for p in model.image.parameters()) / 1e6, out=out,
+        val_scenes=val_scenes, val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    training_curve(out / "train.log.jsonl", out / "loss.png", "world encoder: InfoNCE loss")
+    clear_checkpoints(out)  # the finished model is saved; the resumable state can go
     return metrics

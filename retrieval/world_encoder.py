@@ -4,15 +4,24 @@ LiT-style: the pretrained text tower never changes; what trains is the image tow
 one-layer attention head that reads the text tower's token states. The head (rather than a
 projection of the mean-pooled vector) lets "a red circle and a blue square" differ from "a
 blue circle and a red square", which mean pooling nearly erases.
+
+Saved the Hugging Face way: `model.save_pretrained(folder)` writes config.json and
+model.safetensors, `WorldDualEncoder.from_pretrained(folder)` reads them back. The text
+tower is named in the config, not stored: it is a public model loaded by its own package.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: PyTorchModelHubMixin reads the `config`
+# annotation at runtime to rebuild the dataclass from config.json.
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, constants
 from torch import nn
+
+from retrieval.text_tower import MINILM_HUB_ID
 
 
 @dataclass(frozen=True)
@@ -22,13 +31,11 @@ class WorldEncoderConfig:
     widths: tuple[int, ...] = (32, 64, 128, 192)  # one stride-2 stage each: 64 -> 4 pixels
     text_width: int = 384  # the text tower's hidden size
     text_heads: int = 6
+    text_tower: str = MINILM_HUB_ID  # the locked tower the head reads
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldEncoderConfig:
-        return cls(**{**d, "widths": tuple(d["widths"])})
+    def __post_init__(self):
+        # config.json holds a list; a tuple keeps the config hashable and comparable.
+        object.__setattr__(self, "widths", tuple(self.widths))
 
 
 class ResidualStage(nn.Module):
@@ -81,12 +88,13 @@ class TextHead(nn.Module):
         return self.proj((x * m).sum(1) / m.sum(1).clamp_min(1.0))
 
 
-class WorldDualEncoder(nn.Module):
-    def __init__(self, cfg: WorldEncoderConfig):
+class WorldDualEncoder(nn.Module, PyTorchModelHubMixin, license="mit",
+                       tags=["itir", "text-to-image-retrieval", "dual-encoder"]):
+    def __init__(self, config: WorldEncoderConfig):
         super().__init__()
-        self.cfg = cfg
-        self.image = ImageTower(cfg)
-        self.text = TextHead(cfg)
+        self.config = config
+        self.image = ImageTower(config)
+        self.text = TextHead(config)
         self.logit_scale = nn.Parameter(torch.tensor(2.66))  # log(1/0.07), as in CLIP
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -94,3 +102,16 @@ class WorldDualEncoder(nn.Module):
 
     def encode_text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text(states, mask), dim=-1)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True,
+                         **kwargs):
+        # The mixin's loader, made strict (weights that do not fit the config are an error,
+        # not a half-random model) and, for local folders, quiet: huggingface_hub prints a
+        # line there, which would land in the CLI's stdout (`itir bench` prints JSON there).
+        if not os.path.isdir(model_id):
+            return super()._from_pretrained(model_id=model_id, map_location=map_location,
+                                            strict=strict, **kwargs)
+        model = cls(config=kwargs["config"])
+        weights = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+        return cls._load_as_safetensor(model, weights, map_location, strict)

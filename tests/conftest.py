@@ -93,22 +93,21 @@ def text_tower():
 
 
 @pytest.fixture(scope="session")
-def random_world_encoder_file(tmp_path_factory):
-    """World encoder weights with a random (seeded) image tower and head."""
-    from retrieval.train_encoder import save_encoder
+def random_world_encoder_dir(tmp_path_factory):
+    """A world encoder folder (save_pretrained) with a random (seeded) image tower and head."""
     from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("enc") / "random-encoder.safetensors"
-    save_encoder(WorldDualEncoder(WorldEncoderConfig()).eval(), path)
-    return path
+    folder = tmp_path_factory.mktemp("enc") / "random-encoder"
+    WorldDualEncoder(WorldEncoderConfig()).eval().save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
-def random_world_encoder(random_world_encoder_file, text_tower):
+def random_world_encoder(random_world_encoder_dir, text_tower):
     from retrieval.encoders import WorldEncoder
 
-    return WorldEncoder(random_world_encoder_file, text_tower=text_tower)
+    return WorldEncoder(random_world_encoder_dir, text_tower)
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +151,17 @@ def world_app(tmp_path_factory):
     proc.terminate()
     proc.wait(20)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_world_pipeline(tmp_path_factory, text_tower):
+    """A random tiny world pipeline, and the folder it was saved to with save_pretrained."""
+    from generation.world_pipeline import WorldGeneratorPipeline
+    from generation.world_unet import TINY, build_unet, sampling_scheduler
+
+    torch.manual_seed(0)
+    pipe = WorldGeneratorPipeline(build_unet(TINY), sampling_scheduler(), text_tower)
+    pipe.set_progress_bar_config(disable=True)
+    folder = tmp_path_factory.mktemp("world-gen") / "tiny"
+    pipe.save_pretrained(folder)
+    return pipe, folder

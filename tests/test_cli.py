@@ -40,7 +40,7 @@ def test_unknown_profile_and_bad_override_are_one_line(capsys):
 
 
 @pytest.fixture
-def small_world(tmp_path, random_world_encoder_file):
+def small_world(tmp_path, random_world_encoder_dir):
     """(gallery folder of 6 scenes, a profile TOML on it with the random world encoder)."""
     folder = tmp_path / "g"
     folder.mkdir()
@@ -48,7 +48,7 @@ def small_world(tmp_path, random_world_encoder_file):
         render(sample_scene(i), 64).save(folder / f"{i}.png")
     profile = tmp_path / "p.toml"
     profile.write_text(f'name = "t"\nindex = "{tmp_path / "t.itirx"}"\nshow_pseudo_image = false\n'
-                       f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_file}"\n'
+                       f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_dir}"\n'
                        f'[gallery]\nfolder = "{folder}"\n')
     return folder, profile
 

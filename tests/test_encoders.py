@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from retrieval.encoders import CLIPEncoder, WorldEncoder
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 from world.captions import full_caption
 from world.render import render
 from world.scene import sample_scene, split_seed
@@ -32,7 +33,21 @@ def test_world_encoder_is_deterministic_and_batch_independent(random_world_encod
 
 def test_missing_world_weights_say_what_to_do(tmp_path, text_tower):
     with pytest.raises(FileNotFoundError, match="itir train-encoder"):
-        WorldEncoder(tmp_path / "missing.safetensors", text_tower=text_tower)
+        WorldEncoder(tmp_path / "missing", text_tower)
+
+
+def test_world_encoder_round_trips_through_save_pretrained(random_world_encoder_dir, tmp_path,
+                                                           random_world_encoder, text_tower):
+    """from_pretrained gives back the same config and weights, and a re-save the same file."""
+    model = WorldDualEncoder.from_pretrained(random_world_encoder_dir)
+    assert model.config == WorldEncoderConfig() and not model.training
+    model.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "config.json").read_text() == (
+        random_world_encoder_dir / "config.json").read_text()
+    again = WorldEncoder(tmp_path / "again", text_tower)
+    assert again.identity.split("@")[1] == random_world_encoder.identity.split("@")[1]
+    texts = ["a red circle", "two blue squares on green"]
+    assert np.array_equal(again.encode_texts(texts), random_world_encoder.encode_texts(texts))
 
 
 def test_clip_backend_loads_a_saved_model_and_embeds(tiny_clip_dir):

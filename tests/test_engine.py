@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from engine.engine import Engine
 from engine.factory import build_engine, ensure_index
@@ -13,7 +12,6 @@ from engine.profile import GallerySpec, load_profile
 from fusion import DAR, TextOnly
 from generation.base import GenerationError, Generator
 from generation.world import WorldGenerator
-from generation.world_unet import TINY, build_unet, sampling_scheduler
 from world.render import render
 from world.scene import sample_scene
 
@@ -27,21 +25,17 @@ def gallery(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def profile(tmp_path_factory, gallery, random_world_encoder_file):
+def profile(tmp_path_factory, gallery, random_world_encoder_dir):
     home = tmp_path_factory.mktemp("home")
     return replace(load_profile("world"), fusion="dar", top_k=6,
                    gallery=GallerySpec(folder=str(gallery)), index=str(home / "g.itirx"),
                    encoder=replace(load_profile("world").encoder,
-                                   location=str(random_world_encoder_file)))
+                                   location=str(random_world_encoder_dir)))
 
 
 @pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory, text_tower):
-    folder = tmp_path_factory.mktemp("world-gen")
-    torch.manual_seed(0)
-    build_unet(TINY).save_pretrained(folder / "unet")
-    sampling_scheduler().save_pretrained(folder / "scheduler")
-    return WorldGenerator(folder, text_tower, steps=2, guidance=2.0)
+def tiny_generator(tiny_world_pipeline, text_tower):
+    return WorldGenerator(tiny_world_pipeline[1], text_tower, steps=2, guidance=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -5,16 +7,34 @@ import torch
 from generation.base import GenerationError
 from generation.hub import HubGenerator
 from generation.world import WorldGenerator
-from generation.world_unet import TINY, build_unet, sampling_scheduler
+from generation.world_pipeline import WorldGeneratorPipeline
 
 
 @pytest.fixture(scope="module")
-def tiny_world_generator(tmp_path_factory, text_tower):
-    folder = tmp_path_factory.mktemp("world-gen")
-    torch.manual_seed(0)
-    build_unet(TINY).save_pretrained(folder / "unet")
-    sampling_scheduler().save_pretrained(folder / "scheduler")
-    return WorldGenerator(folder, text_tower, steps=3, guidance=2.0)
+def tiny_world_generator(tiny_world_pipeline, text_tower):
+    return WorldGenerator(tiny_world_pipeline[1], text_tower, steps=3, guidance=2.0)
+
+
+def test_saved_world_pipeline_loads_alone_and_draws_the_same_image(tiny_world_pipeline,
+                                                                    text_tower):
+    """from_pretrained(folder) with nothing else given: the config names the text tower, which
+    loads from the offline package; the reloaded pipeline draws the original's image."""
+    pipe, folder = tiny_world_pipeline
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["text_tower_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert not (folder / "text_tower").exists()  # named, not stored
+    loaded = WorldGeneratorPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.text_tower is not text_tower
+    prompt, gen = ["a red circle on a blue background"], torch.Generator()
+    a = pipe(prompt, num_inference_steps=3, generator=gen.manual_seed(4), output_type="np")
+    b = loaded(prompt, num_inference_steps=3, generator=gen.manual_seed(4), output_type="np")
+    assert np.array_equal(a.images, b.images)
+    shared = WorldGeneratorPipeline.from_pretrained(folder, text_tower=text_tower)
+    assert shared.text_tower is text_tower
+    shared.save_pretrained(folder.parent / "again")  # and saving round-trips the config
+    again = json.loads((folder.parent / "again" / "model_index.json").read_text())
+    assert {k: v for k, v in again.items() if k != "_name_or_path"} == index
 
 
 def pixels(image):
@@ -95,4 +115,4 @@ def test_shipped_world_generator_follows_the_caption(text_tower):
                                  x[:, :2].reshape(-1, 3), x[:, -2:].reshape(-1, 3)])
         nearest = names[np.linalg.norm(palette - np.median(border, 0), axis=1).argmin()]
         hits += nearest == scene.background
-    assert hits >= 16, f"background right in only {hits}/24 pseudo-images"
+    assert hits >= 8, f"background right in only {hits}/12 pseudo-images"

@@ -94,10 +94,10 @@ def test_messy_folder_indexes_good_images_and_reports_the_rest(messy_gallery, tm
 
 
 def test_index_cli_reports_skips_and_mismatch(messy_gallery, tmp_path, capsys,
-                                              random_world_encoder_file):
+                                              random_world_encoder_dir):
     profile = tmp_path / "p.toml"
     profile.write_text(f'name = "t"\n[encoder]\nkind = "world"\n'
-                       f'location = "{random_world_encoder_file}"\n[generator]\nkind = "none"\n')
+                       f'location = "{random_world_encoder_dir}"\n[generator]\nkind = "none"\n')
     out = tmp_path / "cli.itirx"
     assert main(["index", str(messy_gallery), "--profile", str(profile), "--index", str(out)]) == 0
     captured = capsys.readouterr()

@@ -22,7 +22,7 @@ from world.scene import sample_scene
 
 
 @pytest.fixture(scope="module")
-def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encoder_file):
+def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encoder_dir):
     """70 folders of one image each (large originals), one file that is not indexed."""
     root = tmp_path_factory.mktemp("photos")
     for i in range(70):
@@ -33,7 +33,7 @@ def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encode
     world = load_profile("world")
     profile = replace(world, fusion="text", show_pseudo_image=False, top_k=8,
                       gallery=GallerySpec(folder=str(root)), index=str(home / "p.itirx"),
-                      encoder=replace(world.encoder, location=str(random_world_encoder_file)))
+                      encoder=replace(world.encoder, location=str(random_world_encoder_dir)))
     engine = Engine(profile, random_world_encoder, ensure_index(profile, random_world_encoder),
                     TextOnly())
     demo = build_ui(engine, delete_cache=(1, 2))
