@@ -31,7 +31,8 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     from generation.train_world import reproduce
 
     torch_threads(args.threads)
-    log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(), resume=args.resume)
+    log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
+                    resume=args.resume)
     print("final loss:", log[-1]["loss"])
     return 0
 

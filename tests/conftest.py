@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,39 +119,53 @@ def shipped_encoder(text_tower):
     return WorldEncoder(load_profile("world").encoder_spec.location, text_tower=text_tower)
 
 
-@pytest.fixture(scope="session")
-def world_app(tmp_path_factory):
-    """The real app, started as a new user would: `itir serve` from an unrelated folder,
-    world profile and shipped weights, over a 48-scene gallery. Yields (url, top_k)."""
+def pytest_collection_modifyitems(session, config, items):
+    """Start the app server (for tests that use `world_app`) as soon as the tests are known,
+    and run those tests last: the server boots on one core while other tests run."""
+    if any("world_app" in item.fixturenames for item in items):
+        config.stash[SERVER] = start_world_server(config)
+        items.sort(key=lambda item: "world_app" in item.fixturenames)  # stable sort
+
+
+def start_world_server(config):
     import subprocess
     import sys
-    import time
+    import tempfile
 
-    from gradio_client import Client
-
-    work = tmp_path_factory.mktemp("elsewhere")
+    work = Path(tempfile.mkdtemp(prefix="itir-elsewhere-"))
     port = 7700 + os.getpid() % 200
     env = {**os.environ, "ITIR_HOME": str(work / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "itir.cli", "serve", "--port", str(port),
          "--set", "gallery.world_scenes=48"], cwd=work, env=env, stdout=log, stderr=log)
-    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 180
+    config.add_cleanup(lambda: (proc.terminate(), proc.wait(20), log.close()))
+    return proc, f"http://127.0.0.1:{port}/", work / "serve.log"
+
+
+SERVER = pytest.StashKey()
+
+
+@pytest.fixture(scope="session")
+def world_app(pytestconfig):
+    """The real app, started as a new user would: `itir serve` from an unrelated folder,
+    world profile and shipped weights, over a 48-scene gallery. Yields (url, top_k)."""
+    import time
+
+    from gradio_client import Client
+
+    proc, url, log = pytestconfig.stash[SERVER]
+    deadline = time.time() + 180
     while True:
         if proc.poll() is not None:
-            raise RuntimeError("itir serve exited:\n" + (work / "serve.log").read_text())
+            raise RuntimeError("itir serve exited:\n" + log.read_text())
         if time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("itir serve did not come up:\n" + (work / "serve.log").read_text())
+            raise RuntimeError("itir serve did not come up:\n" + log.read_text())
         try:
             Client(url, verbose=False)
-            break
+            return url, 12
         except Exception:
             time.sleep(0.3)
-    yield url, 12
-    proc.terminate()
-    proc.wait(20)
-    log.close()
 
 
 @pytest.fixture(scope="session")

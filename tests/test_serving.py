@@ -23,11 +23,11 @@ from world.scene import sample_scene
 
 @pytest.fixture(scope="module")
 def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encoder_dir):
-    """70 folders of one image each (large originals), one file that is not indexed."""
+    """70 folders of one image each (larger than a thumbnail), one file not indexed."""
     root = tmp_path_factory.mktemp("photos")
     for i in range(70):
         (root / f"album{i:02d}").mkdir()
-        render(sample_scene(i), 128).resize((600, 600)).save(root / f"album{i:02d}" / "p.png")
+        render(sample_scene(i), 128).resize((300, 300)).save(root / f"album{i:02d}" / "p.png")
     (root / "secret.txt").write_text("not for the web")
     home = tmp_path_factory.mktemp("home")
     world = load_profile("world")
@@ -49,7 +49,7 @@ def test_results_from_many_folders_are_served_as_thumbnails(many_folders_app):
     assert len(chat) == 2 and len(gallery) == 8 and pseudo is None
     for item in gallery:
         with Image.open(item["image"]) as im:
-            assert max(im.size) <= 256  # a thumbnail, not a copy of the 600px original
+            assert max(im.size) <= 256  # a thumbnail, not a copy of the 300px original
     # Nothing outside what the engine returned is reachable: not the folder, not other files.
     for path in (root / "secret.txt", root / "album00" / "p.png"):
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -75,7 +75,7 @@ def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ITIR_PROFILE", str(profile))
     assert app_main() == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("itir: world encoder weights not found") and "Traceback" not in err
+    assert err[-1].startswith("itir: no world encoder at") and "Traceback" not in err
     monkeypatch.setenv("ITIR_PROFILE", "no-such-profile")
     assert app_main() == 2
     assert "profile 'no-such-profile' not found" in capsys.readouterr().err
