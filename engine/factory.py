@@ -49,6 +49,7 @@ def build_engine(profile: Profile, progress: Progress | None = None,
 
     `with_generator=False` (e.g. `itir search --text-only`) searches with the text alone.
     """
+    check_index_exists(profile)
     fusion: Fusion = load_fusion(profile.fusion_location) if with_generator else TextOnly()
     # No pseudo-image is needed when neither the fusion nor the person will look at it.
     needs_image = fusion.uses_image or profile.show_pseudo_image
@@ -57,13 +58,26 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     return Engine(profile, models.encoder, index, fusion, models.generator)
 
 
+def check_index_exists(profile: Profile) -> None:
+    """An index named by hand that is not there is a typo or a forgotten `itir index`: say so
+    (before any model loads) rather than fill it with world scenes."""
+    path = profile.index_path
+    if profile.world_gallery and profile.index is not None and not path.exists():
+        raise FileNotFoundError(f"no index at {path}; build it with `itir index FOLDER "
+                                f"--index {path}`")
+
+
 def ensure_index(profile: Profile, encoder: Encoder,
                  progress: Progress | None = None) -> VectorIndex:
     """The profile's index; on first use render the world gallery and/or index the folder."""
     path, folder = profile.index_path, profile.gallery_folder
     if path.exists():
         try:
-            return VectorIndex.load(path, encoder=encoder.identity)
+            index = VectorIndex.load(path, encoder=encoder.identity)
+            if len(index) == 0:
+                raise ValueError(f"the index at {path} is empty; add images with `itir index "
+                                 f"FOLDER --index {path}`")
+            return index
         except IndexMismatchError:
             if not (profile.world_gallery and profile.index is None):
                 raise
@@ -72,6 +86,7 @@ def ensure_index(profile: Profile, encoder: Encoder,
             print(f"itir: the world gallery index {path} was built with another encoder; "
                   "re-indexing it", file=sys.stderr)
             path.unlink()
+    check_index_exists(profile)
     if profile.world_gallery:
         from world.build import DONE, build_split
 

@@ -7,11 +7,13 @@ Any field can be overridden without editing the file: `--set generator.steps=2`.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from engine.paths import assets_dir, home, profiles_dir
+from fusion.factory import FUSIONS
 from generation.factory import GeneratorSpec
 from retrieval.factory import EncoderSpec
 
@@ -35,7 +37,14 @@ class Profile:
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     gallery: GallerySpec = field(default_factory=GallerySpec)
-    index: str | None = None  # None: ITIR_HOME/indexes/<name>.itirx
+    index: str | None = None  # None: ITIR_HOME/indexes/<name>-<gallery>.itirx
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"profile {self.name!r}: top_k must be at least 1, got {self.top_k}")
+        if self.world_gallery and self.gallery.world_scenes < 1:
+            raise ValueError(f"profile {self.name!r}: [gallery] world_scenes must be at least "
+                             f"1, got {self.gallery.world_scenes}")
 
     @staticmethod
     def resolve(location: str) -> str:
@@ -55,7 +64,8 @@ class Profile:
 
     @property
     def fusion_location(self) -> str:
-        return self.resolve(self.fusion)
+        # A built-in name stays a name, whatever folders the current directory holds.
+        return self.fusion if self.fusion in FUSIONS else self.resolve(self.fusion)
 
     @property
     def gallery_folder(self) -> Path:
@@ -70,9 +80,16 @@ class Profile:
 
     @property
     def index_path(self) -> Path:
+        """The explicit `index`, else one file per (profile, gallery): pointing a profile at
+        another gallery never reuses the index of the first."""
         if self.index:
             return Path(self.index).expanduser().resolve()
-        return home() / "indexes" / f"{self.name}.itirx"
+        if self.world_gallery:
+            gallery = f"world{self.gallery.world_scenes}"
+        else:
+            folder = self.gallery_folder
+            gallery = f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
+        return home() / "indexes" / f"{self.name}-{gallery}.itirx"
 
     @property
     def torch_device(self) -> str:

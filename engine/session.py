@@ -31,6 +31,3 @@ class SearchSession:
         result = self.engine.turn(candidate)
         self.state = candidate
         return result
-
-    def reset(self) -> None:
-        self.state = DialogState()

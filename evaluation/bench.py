@@ -4,7 +4,6 @@ speed, app cold start. Each returns a JSON-able dict and writes it under docs/be
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import subprocess
@@ -166,15 +165,15 @@ def comparison_grid(scenes, captions, generated):
 
 
 def bench_coldstart(profile: str = "world", timeout: float = 300.0) -> dict:
-    """Seconds from `python app.py` to the first answered message, with a cached gallery."""
+    """Seconds from `itir serve` to the first answered message, with a cached gallery."""
     from gradio_client import Client
 
     port = 7800 + random.Random().randrange(150)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "ITIR_PROFILE": profile,
-                                 "GRADIO_SERVER_PORT": str(port)})
+    # `itir serve` as a user starts it (the same code as `python app.py`), from any folder.
+    proc = subprocess.Popen([sys.executable, "-m", "itir.cli", "serve", "--profile", profile,
+                             "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         while True:
             if time.perf_counter() - start > timeout:

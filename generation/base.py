@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
+import torch
 from PIL import Image
 
 
@@ -51,7 +52,14 @@ class Generator(ABC):
                                      if self.cache_key(*job) not in self._cache))
         if missing:
             self.model_calls += 1
-            images = self._run([p for p, _ in missing], [s for _, s in missing])
+            try:
+                images = self._run([p for p, _ in missing], [s for _, s in missing])
+            except torch.OutOfMemoryError as e:
+                # Expected under load on a GPU: the turn goes on without a pseudo-image.
+                # Any other error is a bug and propagates.
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise GenerationError(f"out of memory while generating: {e}") from e
             for job, image in zip(missing, images):
                 self._cache[self.cache_key(*job)] = image
         out = []

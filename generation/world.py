@@ -9,8 +9,8 @@ from PIL import Image
 
 from generation.base import GenerationError, Generator
 from generation.world_pipeline import WorldGeneratorPipeline
-from retrieval.encoders import file_digest
 from retrieval.text_tower import TextTower
+from retrieval.weights import file_digest
 
 
 class WorldGenerator(Generator):

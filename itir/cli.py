@@ -55,6 +55,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     profile = _profile(args)
     path = profile.index_path
+    if profile.world_gallery and args.index is None:
+        raise ValueError(
+            f"profile {profile.name!r} searches the rendered world gallery; give your images "
+            f"an index of their own: `itir index {args.folder} --index photos.itirx`, then "
+            "`itir serve --index photos.itirx` (or use a profile whose [gallery] folder is "
+            "your folder)")
     if path.exists() and not args.rebuild:
         # Say which index grows: under the default profile it is the world gallery's.
         known = len(VectorIndex.load(path).paths)
@@ -68,6 +74,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     for skipped, reason in report.skipped:
         print(f"skipped {skipped}: {reason}", file=sys.stderr)
     print(f"{report.summary()} -> {path}")
+    if report.total == 0:
+        raise ValueError(f"no readable images under {args.folder}: the index is empty")
     return 0
 
 
@@ -124,7 +132,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from itir.serve import launch
 
-    launch(_profile(args), server_name=args.host, server_port=args.port, share=args.share)
+    # Host and port only when given: otherwise Gradio's GRADIO_SERVER_NAME/PORT (or its
+    # defaults, 127.0.0.1:7860) apply, as in containers and Spaces.
+    given = {"server_name": args.host, "server_port": args.port}
+    launch(_profile(args), share=args.share, **{k: v for k, v in given.items() if v})
     return 0
 
 
@@ -236,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.set_defaults(func=cmd_bench)
 
     sv = with_profile(sub.add_parser("serve", help="launch the chat app"))
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=positive_int, default=7860)
+    sv.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
+    sv.add_argument("--port", type=positive_int, default=None,
+                    help="default: $GRADIO_SERVER_PORT or 7860")
     sv.add_argument("--share", action="store_true")
     sv.set_defaults(func=cmd_serve)
 

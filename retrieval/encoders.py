@@ -6,7 +6,6 @@ with one encoder is never searched with another.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retrieval.text_tower import TextTower
+from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
 
 
@@ -32,14 +32,6 @@ def _check_texts(texts: list[str]) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("encode_texts takes a list of strings, not one string")
     return [t if isinstance(t, str) else str(t) for t in texts]
-
-
-def file_digest(path: str | Path, n: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
 
 
 def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
@@ -74,7 +66,7 @@ class WorldEncoder:
         self.batch_size = batch_size
         self.dim = cfg.embed_dim
         self.image_size = cfg.image_size
-        self.identity = f"world:{folder.name}@{file_digest(weights)}"
+        self.identity = f"world:{folder.name}@{tensor_digest(self.model.state_dict())}"
 
     @torch.no_grad()
     def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:

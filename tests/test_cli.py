@@ -78,3 +78,12 @@ def test_search_several_texts_and_an_image_as_json(small_world, tmp_path, capsys
     assert "give a text to search for" in last_error_line(capsys)
     assert main(["search", "--image", str(tmp_path / "nope.png"), "--profile", str(profile)]) == 2
     assert "file not found" in last_error_line(capsys)
+
+
+def test_world_profile_keeps_the_world_index_to_itself(small_world, tmp_path, capsys):
+    folder, _ = small_world
+    assert main(["index", str(folder)]) == 2
+    assert "give your images an index of their own" in last_error_line(capsys)
+    assert main(["search", "a cat", "--index", str(tmp_path / "typo.itirx")]) == 2
+    assert "no index at" in last_error_line(capsys)
+    assert main(["index", str(folder / "0.png")]) == 2  # a file, not a folder

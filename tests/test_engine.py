@@ -5,12 +5,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from engine.engine import Engine
 from engine.factory import build_engine, ensure_index
 from engine.profile import GallerySpec, load_profile
 from fusion import DAR, TextOnly
-from generation.base import GenerationError, Generator
+from generation.base import Generator
 from generation.world import WorldGenerator
 from world.render import render
 from world.scene import sample_scene
@@ -87,10 +88,11 @@ class FailingGenerator(Generator):
 def test_failed_generation_is_a_notice_and_the_text_searches_alone(parts):
     profile, encoder, index = parts
     engine = Engine(profile, encoder, index, DAR(),
-                    FailingGenerator(GenerationError("CUDA out of memory")))
+                    FailingGenerator(torch.OutOfMemoryError("CUDA out of memory")))
     result = engine.session().send("a green star")
     assert result.pseudo_image is None
-    assert "No pseudo-image this turn (CUDA out of memory)" in result.notice
+    assert "No pseudo-image this turn (out of memory while generating: CUDA out of memory)" \
+        in result.notice
     assert result.fusion == "text" and result.decision == {"w_text": 1.0}
     paths, _ = expected_hits(engine, encoder.encode_texts(["a green star"])[0], profile.top_k)
     assert [h.path for h in result.hits] == paths

@@ -49,6 +49,18 @@ def test_imports_point_down_only():
     assert not upward, "imports that point up or sideways:\n" + "\n".join(upward)
 
 
+def test_generation_reads_only_the_text_tower_of_retrieval():
+    allowed = {"retrieval.text_tower", "retrieval.weights"}
+    reached = set()
+    for path in (ROOT / "generation").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("retrieval"):
+                reached.add(node.module)
+            if isinstance(node, ast.Import):
+                reached |= {a.name for a in node.names if a.name.startswith("retrieval")}
+    assert reached <= allowed, f"generation reaches {sorted(reached - allowed)}"
+
+
 def test_the_app_entry_uses_the_package_only():
     tree = ast.parse((ROOT / "app.py").read_text())
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -95,8 +95,11 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP) -> gr.
         gr.Markdown(f"<small>{engine.profile.describe()} · {len(engine.index)} images</small>",
                     elem_id="footer")
         outputs = [box, chat, gallery, pseudo, status, state]
-        box.submit(send, [box, state], outputs, api_name="send")
-        send_btn.click(send, [box, state], outputs, api_name="send_button")
+        # One turn at a time across the app: the models, the generator's cache and the
+        # scheduler's state are shared by every session and are not thread-safe.
+        turn = {"concurrency_id": "turn", "concurrency_limit": 1}
+        box.submit(send, [box, state], outputs, api_name="send", **turn)
+        send_btn.click(send, [box, state], outputs, api_name="send_button", **turn)
         reset_btn.click(reset, None, outputs, api_name="reset")
         chat.clear(reset, None, outputs, api_name="clear")  # the Chatbot's own trash button
     return demo
