@@ -84,6 +84,8 @@ def test_an_interrupted_run_resumes_as_if_never_stopped(trainer, tiny_corpus, em
     with pytest.raises(Interrupted):
         run(tmp_path / "cut", evaluate=crash_after(3))
     assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["step-000003"]
+    with pytest.raises(ValueError, match="add --resume to continue"):  # never silently lost
+        run(tmp_path / "cut")
     resumed, resumed_log = run(tmp_path / "cut", resume=True)
 
     def same(log):

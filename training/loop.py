@@ -98,7 +98,12 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
     start, log = 0, []
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
-        latest = _latest_checkpoint(run) if resume else None
+        latest = _latest_checkpoint(run)
+        if latest is not None and not resume:
+            # Hours of training sit there; starting over must be a decision, not a slip.
+            raise ValueError(f"{run} holds checkpoints of an unfinished run (up to "
+                             f"{latest.name}): add --resume to continue it, or delete "
+                             f"{run / CHECKPOINTS} to start over")
         if latest is not None:
             accelerator.load_state(str(latest))
             if ema is not None:
