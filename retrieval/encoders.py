@@ -93,45 +93,103 @@ class WorldEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-class CLIPEncoder:
-    """Any transformers CLIPModel, by hub id or local folder."""
+def _concat(chunks: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+
+
+class TransformersEncoder:
+    """What the transformers backends share: loading by hub id or folder with one clear
+    message when it fails (offline, say), batching, and L2-normalised float32 output."""
+
+    kind: str  # the backend's name in identities and messages
 
     def __init__(self, location: str, device: str = "cpu", batch_size: int = 64):
-        from transformers import CLIPModel, CLIPProcessor
-
         try:
-            self.model = CLIPModel.from_pretrained(location).to(device).eval()
-            self.processor = CLIPProcessor.from_pretrained(location)
+            self._load(location)
         except OSError as e:
-            raise OSError(f"could not load CLIP model {location!r}: {e}\nGive a local folder "
-                          "with a saved CLIPModel, or a hub id while online.") from e
+            raise OSError(
+                f"could not load {self.kind.upper()} model {location!r}: "
+                f"{str(e).splitlines()[0]} Offline, download it on a connected machine "
+                f"(`hf download {location} --local-dir DIR`) and set the profile's "
+                "encoder.location = DIR (or `--set encoder.location=DIR`).") from e
+        self.model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.identity = f"{self.kind}:{location}"
+
+    def _load(self, location: str) -> None:
+        raise NotImplementedError
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        return _concat([F.normalize(self._text_features(texts[i:i + self.batch_size]), dim=-1)
+                        .float().cpu().numpy()
+                        for i in range(0, len(texts), self.batch_size)], self.dim)
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        return _concat([F.normalize(self._image_features(
+            [im.convert("RGB") for im in images[i:i + self.batch_size]]), dim=-1)
+            .float().cpu().numpy() for i in range(0, len(images), self.batch_size)], self.dim)
+
+
+class CLIPEncoder(TransformersEncoder):
+    """Any transformers CLIPModel, by hub id or local folder."""
+
+    kind = "clip"
+
+    def _load(self, location: str) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model = CLIPModel.from_pretrained(location)
+        self.processor = CLIPProcessor.from_pretrained(location)
         self.dim = self.model.config.projection_dim
-        self.identity = f"clip:{location}"
 
     @staticmethod
     def _features(out) -> torch.Tensor:
         # transformers 5 returns an output object here; older versions a tensor.
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        texts = _check_texts(texts)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.processor(text=texts[i:i + self.batch_size], padding=True,
-                                   truncation=True, return_tensors="pt").to(self.device)
-            emb = self._features(self.model.get_text_features(**batch))
-            out.append(F.normalize(emb, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        batch = self.processor(text=texts, padding=True, truncation=True,
+                               return_tensors="pt").to(self.device)
+        return self._features(self.model.get_text_features(**batch))
 
-    @torch.no_grad()
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            chunk = [im.convert("RGB") for im in images[i:i + self.batch_size]]
-            batch = self.processor(images=chunk, return_tensors="pt").to(self.device)
-            emb = self._features(self.model.get_image_features(**batch))
-            out.append(F.normalize(emb, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+    def _image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = self.processor(images=images, return_tensors="pt").to(self.device)
+        return self._features(self.model.get_image_features(**batch))
+
+
+class BLIPEncoder(TransformersEncoder):
+    """BLIP retrieval (`BlipForImageTextRetrieval`): its image-text contrastive projections
+    (256-d for the released models), the embeddings ChatIR, DAR and ADaFuSE search with.
+    Text is cut at 256 tokens, as ADaFuSE does (ten-round dialogs run ~120-150 tokens)."""
+
+    kind = "blip"
+    max_tokens = 256
+
+    def _load(self, location: str) -> None:
+        from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+        self.model = BlipForImageTextRetrieval.from_pretrained(location)
+        self.processor = BlipProcessor.from_pretrained(location)
+        self.dim = self.model.config.image_text_hidden_size
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        batch = self.processor(text=texts, padding=True, truncation=True,
+                               max_length=self.max_tokens, return_tensors="pt").to(self.device)
+        states = self.model.text_encoder(input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.model.text_proj(states[:, 0])  # the [CLS] state, as BLIP's ITC uses
+
+    def _image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        states = self.model.vision_model(pixel_values=pixels.to(self.device)).last_hidden_state
+        return self.model.vision_proj(states[:, 0])

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retrieval.encoders import CLIPEncoder, Encoder, WorldEncoder
+from retrieval.encoders import BLIPEncoder, CLIPEncoder, Encoder, WorldEncoder
 from retrieval.text_tower import TextTower
 
-ENCODER_KINDS = ("world", "clip")
+ENCODER_KINDS = ("world", "clip", "blip")
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    kind: str = "world"  # world | clip
+    kind: str = "world"  # world | clip | blip
     location: str = "assets/world-encoder"  # folder or hub id
     batch_size: int = 64
 
@@ -28,6 +28,7 @@ def load_encoder(spec: EncoderSpec, device: str = "cpu",
         if text_tower is None:
             raise ValueError("the world encoder needs the text tower it was trained on")
         return WorldEncoder(spec.location, text_tower, device=device)
-    if spec.kind == "clip":
-        return CLIPEncoder(spec.location, device=device, batch_size=spec.batch_size)
+    if spec.kind in ("clip", "blip"):
+        backend = CLIPEncoder if spec.kind == "clip" else BLIPEncoder
+        return backend(spec.location, device=device, batch_size=spec.batch_size)
     raise ValueError(f"unknown encoder kind {spec.kind!r}; expected one of {ENCODER_KINDS}")

@@ -180,3 +180,34 @@ def tiny_world_pipeline(tmp_path_factory, text_tower):
     folder = tmp_path_factory.mktemp("world-gen") / "tiny"
     pipe.save_pretrained(folder)
     return pipe, folder
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory):
+    """A random BLIP retrieval model (BERT word-piece tokenizer of letters), saved to disk."""
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    folder = tmp_path_factory.mktemp("tiny-blip")
+    words = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "?", "."] + list(CHARS)
+             + ["##" + c for c in CHARS])
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=32, encoder_hidden_size=32,
+                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=300, pad_token_id=0, bos_token_id=2,
+                         sep_token_id=3),
+        vision_config=dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64),
+        image_text_hidden_size=16)
+    BlipForImageTextRetrieval(cfg).save_pretrained(folder / "model")
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=BertTokenizer(str(folder / "vocab.txt"))).save_pretrained(
+        folder / "model")
+    return folder / "model"

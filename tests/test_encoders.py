@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.encoders import CLIPEncoder, WorldEncoder
+from retrieval.encoders import BLIPEncoder, CLIPEncoder, WorldEncoder
 from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 from world.captions import full_caption
 from world.render import render
@@ -71,3 +71,29 @@ def test_shipped_world_encoder_finds_scenes_from_full_captions(shipped_encoder):
     scores = txt @ img.T
     ranks = (scores > np.diag(scores)[:, None]).sum(1)
     assert (ranks < 10).mean() > 0.8
+
+
+def test_blip_backend_loads_a_saved_retrieval_model_and_embeds_with_its_itc_heads(
+        tiny_blip_dir):
+    enc = BLIPEncoder(str(tiny_blip_dir))
+    assert enc.dim == 16 and enc.identity == f"blip:{tiny_blip_dir}"
+    dialog = ", ".join(["a red circle"] + ["what color is the background? blue"] * 40)
+    texts = enc.encode_texts(["a red circle", dialog])  # ~500 word pieces: cut at 256
+    check_embeddings(texts, 2, 16)
+    check_embeddings(enc.encode_images([render(sample_scene(0)), Image.new("P", (40, 30))]),
+                     2, 16)
+    # The same numbers as BLIP's own ITC score (forward with use_itm_head=False).
+    import torch
+
+    batch = enc.processor(images=[render(sample_scene(1))], text=["a red circle"],
+                          return_tensors="pt")
+    with torch.no_grad():
+        itc = enc.model(**batch, use_itm_head=False).itm_score.item()
+    image = enc.encode_images([render(sample_scene(1))])[0]
+    assert abs(float(image @ enc.encode_texts(["a red circle"])[0]) - itc) < 1e-5
+
+
+@pytest.mark.parametrize("backend", [CLIPEncoder, BLIPEncoder])
+def test_hub_encoders_offline_say_how_to_use_a_local_copy(backend):
+    with pytest.raises(OSError, match="hf download nobody/no-such-model --local-dir DIR"):
+        backend("nobody/no-such-model")

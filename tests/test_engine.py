@@ -132,8 +132,11 @@ def test_bad_k_round_and_missing_generator_are_clear(parts):
         Engine(profile, encoder, index, DAR(), None)
 
 
-@pytest.fixture
-def clip_hub_profile(tmp_path, tiny_clip_dir, tiny_sd_folder, gallery):
+@pytest.fixture(params=["clip", "blip"])
+def clip_hub_profile(request, tmp_path, tiny_clip_dir, tiny_blip_dir, tiny_sd_folder, gallery):
+    """A real-model profile (tiny random CLIP or BLIP retrieval + a tiny SD pipeline)."""
+    kind = request.param
+    location = tiny_clip_dir if kind == "clip" else tiny_blip_dir
     path = tmp_path / "real.toml"
     path.write_text(f'''name = "real-tiny"
 device = "cpu"
@@ -141,8 +144,8 @@ fusion = "dar"
 top_k = 5
 index = "{tmp_path / 'real.itirx'}"
 [encoder]
-kind = "clip"
-location = "{tiny_clip_dir}"
+kind = "{kind}"
+location = "{location}"
 [generator]
 kind = "hub"
 location = "{tiny_sd_folder}"
@@ -154,9 +157,10 @@ folder = "{gallery}"
     return load_profile(str(path))
 
 
-def test_engine_runs_a_dialog_with_clip_and_a_hub_pipeline(clip_hub_profile):
+def test_engine_runs_a_dialog_with_clip_or_blip_and_a_hub_pipeline(clip_hub_profile):
     engine = build_engine(clip_hub_profile)
-    assert len(engine.index) == 24 and engine.index.meta.encoder.startswith("clip:")
+    kind = clip_hub_profile.encoder.kind
+    assert len(engine.index) == 24 and engine.index.meta.encoder.startswith(f"{kind}:")
     session = engine.session()
     first = session.send("a red circle")
     second = session.send("on a blue background")
