@@ -6,7 +6,7 @@
 
 import sys
 
-from itir.serve import main
+from itir.serve import build_app, main  # noqa: F401  (build_app: the demo without launching)
 
 if __name__ == "__main__":
     sys.exit(main())
