@@ -8,6 +8,8 @@ Any field can be overridden without editing the file: `--set generator.steps=2`.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -153,9 +155,35 @@ def _build(cls, data: dict, where: str):
     return cls(**data)
 
 
+def env_overrides(environ: dict[str, str] | None = None) -> list[str]:
+    """`ITIR_<FIELD>` and `ITIR_<SECTION>_<FIELD>` variables as `--set` assignments, e.g.
+    ITIR_GENERATOR_STEPS=2 or ITIR_TOP_K=5 (a Space sets them as variables). Variables that
+    name no profile field (ITIR_HOME, ITIR_PROFILE) are not overrides."""
+    environ = os.environ if environ is None else environ
+    top = {f.name for f in fields(Profile)} - {"encoder", "generator", "gallery"}
+    sections = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec}
+    out = []
+    for key, value in sorted(environ.items()):
+        if not key.startswith("ITIR_"):
+            continue
+        name = key.removeprefix("ITIR_").lower()
+        section, _, rest = name.partition("_")
+        if section in sections and rest in {f.name for f in fields(sections[section])}:
+            out.append(f"{section}.{rest}={_as_toml(value)}")
+        elif name in top:
+            out.append(f"{name}={_as_toml(value)}")
+    return out
+
+
+def _as_toml(value: str) -> str:
+    """Environment values are text; numbers and booleans stay themselves, words get quotes."""
+    return value if _parse_value(value) != value else json.dumps(value)
+
+
 def load_profile(name_or_path: str = "world", overrides: list[str] | tuple[str, ...] = (),
                  ) -> Profile:
-    """A profile by name (a shipped profiles/<name>.toml) or by path to a TOML file."""
+    """A profile by name (a shipped profiles/<name>.toml) or by path to a TOML file, then
+    the environment's ITIR_* overrides, then `overrides` (`--set`), later ones winning."""
     path = Path(name_or_path).expanduser()
     if not path.suffix:
         path = profiles_dir() / f"{name_or_path}.toml"
@@ -171,6 +199,6 @@ def load_profile(name_or_path: str = "world", overrides: list[str] | tuple[str, 
     for key, cls in parts.items():
         data[key] = _build(cls, data.get(key, {}), f"{path} [{key}]")
     profile = _build(Profile, data, str(path))
-    for assignment in overrides:
+    for assignment in [*env_overrides(), *overrides]:
         profile = profile.override(assignment)
     return profile

@@ -34,10 +34,15 @@ class IngestReport:
 
 def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
                  rebuild: bool = False, batch_size: int = 64,
-                 progress: Progress | None = None) -> tuple[VectorIndex, IngestReport]:
+                 progress: Progress | None = None,
+                 checkpoint_seconds: float = 60.0) -> tuple[VectorIndex, IngestReport]:
     """Embed every image under `folder` not yet in the index at `index_path`, then save.
 
-    An existing index built by another encoder raises IndexMismatchError (unless `rebuild`).
+    The index is also saved (atomically) at most every `checkpoint_seconds` while it grows,
+    so an interrupted run over a large folder resumes where it stopped: the next run embeds
+    only what is not in the saved index. Saving by time, not by count, keeps the rewrites of
+    a large index a small share of the work. An existing index built by another encoder
+    raises IndexMismatchError (unless `rebuild`).
     """
     start = time.time()
     index_path = Path(index_path)
@@ -50,9 +55,13 @@ def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
     todo = [p for p in found if str(p) not in known]
     report = IngestReport(already=len(found) - len(todo))
     bar = tqdm(total=len(todo), desc="index", unit="img", disable=not todo)
+    saved = time.monotonic()
     for batch in iter_batches(todo, batch_size):
         if batch.images:
             index.add(encoder.encode_images(batch.images), batch.paths)
+            if time.monotonic() - saved >= checkpoint_seconds:
+                index.save(index_path)
+                saved = time.monotonic()
         report.added += len(batch.paths)
         report.skipped.extend(batch.skipped)
         bar.update(len(batch.paths) + len(batch.skipped))

@@ -184,3 +184,17 @@ def test_unknown_profile_bad_keys_and_overrides_are_clear(tmp_path):
         load_profile("world", ["generator.steps=many"])
     with pytest.raises(ValueError, match="unknown section"):
         load_profile("world", ["gnerator.steps=2"])
+
+
+def test_environment_overrides_every_field_and_the_cli_wins(monkeypatch):
+    monkeypatch.setenv("ITIR_GENERATOR_STEPS", "2")
+    monkeypatch.setenv("ITIR_FUSION", "dar")
+    monkeypatch.setenv("ITIR_GALLERY_WORLD_SCENES", "100")
+    monkeypatch.setenv("ITIR_SHOW_PSEUDO_IMAGE", "false")
+    monkeypatch.setenv("ITIR_HOME", "/somewhere")  # not a profile field: no override
+    profile = load_profile("world", ["generator.steps=3"])
+    assert profile.generator.steps == 3 and profile.fusion == "dar"
+    assert profile.gallery.world_scenes == 100 and profile.show_pseudo_image is False
+    monkeypatch.setenv("ITIR_TOP_K", "zero")
+    with pytest.raises(ValueError, match="top_k takes a int"):
+        load_profile("world")

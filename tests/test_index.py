@@ -115,3 +115,23 @@ def test_find_images_on_missing_folder_is_clear(tmp_path):
     with pytest.raises(NotADirectoryError, match="does not exist"):
         find_images(tmp_path / "nope")
 
+
+
+def test_an_interrupted_indexing_run_resumes_without_re_embedding(tmp_path, random_world_encoder):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(10):
+        render(sample_scene(i), 64).save(folder / f"{i:02d}.png")
+    path = tmp_path / "big.itirx"
+
+    def stop_after_two_batches(done, total, what):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(folder, random_world_encoder, path, batch_size=2, checkpoint_seconds=0,
+                     progress=stop_after_two_batches)
+    assert len(VectorIndex.load(path)) == 4  # what was embedded before the stop is kept
+    index, report = index_folder(folder, random_world_encoder, path, batch_size=2)
+    assert report.already == 4 and report.added == 6 and len(index) == 10
+    assert sorted(index.paths) == sorted(str(p.resolve()) for p in folder.iterdir())
