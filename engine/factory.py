@@ -98,7 +98,9 @@ def ensure_index(profile: Profile, encoder: Encoder,
         raise FileNotFoundError(
             f"gallery folder {folder} does not exist; create it with your images or set "
             f"[gallery] folder in the {profile.name!r} profile")
-    index, report = index_folder(folder, encoder, path, progress=progress)
+    index, report = index_folder(folder, encoder, path, progress=progress,
+                                 index_kind=profile.gallery.index_kind,
+                                 hnsw_above=profile.gallery.hnsw_above)
     if len(index) == 0:
         raise ValueError(f"no readable images under {folder} ({len(report.skipped)} skipped); "
                          "add .jpg/.png/.webp/.bmp files and run `itir index` again")

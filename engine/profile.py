@@ -26,6 +26,8 @@ ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever
 class GallerySpec:
     folder: str | None = None  # None: a rendered world test split of `world_scenes` images
     world_scenes: int = 5000
+    index_kind: str = "auto"  # flat (exact) | hnsw (approximate, fast) | auto: by size
+    hnsw_above: int = 50_000  # auto: flat below this many images, HNSW from it on
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class Profile:
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"profile {self.name!r}: top_k must be at least 1, got {self.top_k}")
+        if self.gallery.index_kind not in ("auto", "flat", "hnsw"):
+            raise ValueError(f"profile {self.name!r}: [gallery] index_kind must be auto, flat "
+                             f"or hnsw, got {self.gallery.index_kind!r}")
         if self.world_gallery and self.gallery.world_scenes < 1:
             raise ValueError(f"profile {self.name!r}: [gallery] world_scenes must be at least "
                              f"1, got {self.gallery.world_scenes}")

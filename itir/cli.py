@@ -70,7 +70,8 @@ def cmd_index(args: argparse.Namespace) -> int:
               "or --rebuild to start this one over", file=sys.stderr)
     models = load_models(profile, with_generator=False)
     _, report = index_folder(Path(args.folder), models.encoder, path, rebuild=args.rebuild,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, index_kind=profile.gallery.index_kind,
+                             hnsw_above=profile.gallery.hnsw_above)
     for skipped, reason in report.skipped:
         print(f"skipped {skipped}: {reason}", file=sys.stderr)
     print(f"{report.summary()} -> {path}")

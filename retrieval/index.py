@@ -31,12 +31,48 @@ class IndexMeta:
     built: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     format: int = FORMAT
+    kind: str = "flat"  # flat | hnsw
+
+
+INDEX_KINDS = ("flat", "hnsw")
+HNSW_NEIGHBOURS = 32  # graph degree: memory vs recall
+HNSW_EF_SEARCH = 128  # candidates per query: recall@10 vs flat 1.000 at 10k (docs/BENCHMARKS.md)
+
+
+def _make(kind: str, dim: int) -> faiss.Index:
+    """Exact inner product (flat), or an HNSW graph: approximate, but its search time grows
+    with log N rather than N, for galleries where a flat scan per turn gets slow."""
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        _tune(index)
+        return index
+    raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+
+
+def _tune(index: faiss.Index) -> None:
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = HNSW_EF_SEARCH  # not serialised: set on every load
 
 
 class VectorIndex:
-    def __init__(self, encoder: str, dim: int):
-        self.meta = IndexMeta(encoder=encoder, dim=dim)
-        self.faiss = faiss.IndexFlatIP(dim)
+    def __init__(self, encoder: str, dim: int, kind: str = "flat"):
+        self.faiss = _make(kind, dim)
+        self.meta = IndexMeta(encoder=encoder, dim=dim, kind=kind)
+
+    @property
+    def kind(self) -> str:
+        return self.meta.kind
+
+    def convert(self, kind: str) -> None:
+        """Rebuild as another kind from the stored vectors (ids and paths unchanged)."""
+        if kind != self.kind:
+            index = _make(kind, self.meta.dim)
+            if len(self):
+                index.add(self.vectors())
+            self.faiss, self.meta.kind = index, kind
 
     def __len__(self) -> int:
         return self.faiss.ntotal
@@ -101,6 +137,7 @@ class VectorIndex:
                 f"the index at {path} was built with encoder {meta.encoder!r} (dim {meta.dim}) "
                 f"but the current profile uses {encoder!r}; rebuild it with "
                 "`itir index FOLDER --rebuild` or switch back to the profile that built it")
+        _tune(index)
         out = cls.__new__(cls)
         out.meta, out.faiss = meta, index
         return out

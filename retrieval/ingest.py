@@ -34,15 +34,17 @@ class IngestReport:
 
 def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
                  rebuild: bool = False, batch_size: int = 64,
-                 progress: Progress | None = None,
-                 checkpoint_seconds: float = 60.0) -> tuple[VectorIndex, IngestReport]:
+                 progress: Progress | None = None, checkpoint_seconds: float = 60.0,
+                 index_kind: str = "auto", hnsw_above: int = 50_000,
+                 ) -> tuple[VectorIndex, IngestReport]:
     """Embed every image under `folder` not yet in the index at `index_path`, then save.
 
     The index is also saved (atomically) at most every `checkpoint_seconds` while it grows,
     so an interrupted run over a large folder resumes where it stopped: the next run embeds
     only what is not in the saved index. Saving by time, not by count, keeps the rewrites of
     a large index a small share of the work. An existing index built by another encoder
-    raises IndexMismatchError (unless `rebuild`).
+    raises IndexMismatchError (unless `rebuild`). `index_kind` "auto" keeps an exact flat
+    index below `hnsw_above` images and turns it into an HNSW graph above.
     """
     start = time.time()
     index_path = Path(index_path)
@@ -68,7 +70,11 @@ def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
         if progress:
             progress(bar.n, len(todo), "embedding images")
     bar.close()
-    if report.added or not index_path.exists() or rebuild:
+    want = index_kind if index_kind != "auto" else (
+        "hnsw" if len(index) >= hnsw_above else "flat")
+    changed = want != index.kind
+    index.convert(want)
+    if report.added or changed or not index_path.exists() or rebuild:
         index.save(index_path)
     report.total = len(index)
     report.seconds = time.time() - start

@@ -135,3 +135,30 @@ def test_an_interrupted_indexing_run_resumes_without_re_embedding(tmp_path, rand
     index, report = index_folder(folder, random_world_encoder, path, batch_size=2)
     assert report.already == 4 and report.added == 6 and len(index) == 10
     assert sorted(index.paths) == sorted(str(p.resolve()) for p in folder.iterdir())
+
+
+def test_hnsw_index_round_trips_and_agrees_with_flat(tmp_path):
+    vecs = unit(3000, 32, seed=3)
+    flat, hnsw = VectorIndex("e", 32), VectorIndex("e", 32, kind="hnsw")
+    for index in (flat, hnsw):
+        index.add(vecs, [f"p{i}" for i in range(3000)])
+    hnsw.save(tmp_path / "h.itirx")
+    loaded = VectorIndex.load(tmp_path / "h.itirx", encoder="e")
+    assert loaded.kind == "hnsw" and loaded.faiss.hnsw.efSearch == 128
+    queries = unit(100, 32, seed=4)
+    _, exact = flat.search(queries, 10)
+    _, approx = loaded.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
+    assert recall > 0.9
+    assert np.allclose(loaded.vectors(), vecs, atol=1e-6)  # vectors stay exact
+
+
+def test_auto_index_kind_switches_to_hnsw_above_the_threshold(messy_gallery, tmp_path,
+                                                              random_world_encoder):
+    path = tmp_path / "auto.itirx"
+    index, _ = index_folder(messy_gallery, random_world_encoder, path, hnsw_above=100)
+    assert index.kind == "flat"
+    index, _ = index_folder(messy_gallery, random_world_encoder, path, hnsw_above=5)
+    assert index.kind == "hnsw" and VectorIndex.load(path).kind == "hnsw"
+    scores, ids = index.search(index.vectors()[:3], 1)
+    assert list(ids[:, 0]) == [0, 1, 2]  # each image still finds itself first
