@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.plots import save_figure  # noqa: E402
+
 
 def encoder_recall(result: dict, out: str | Path) -> Path:
     """Grouped bars: R@1/5/10 per rendering style, for full and round-0 captions."""
@@ -26,7 +28,7 @@ def encoder_recall(result: dict, out: str | Path) -> Path:
     axes_list = list(axes) if len(kinds) > 1 else [axes]
     axes_list[0].set_ylabel("recall")
     axes_list[-1].legend(loc="upper right")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def generator_fidelity(result: dict, out: str | Path) -> Path:
@@ -43,13 +45,4 @@ def generator_fidelity(result: dict, out: str | Path) -> Path:
     b.set_ylim(0, 1)
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out)
-
-
-def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

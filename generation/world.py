@@ -10,7 +10,7 @@ from PIL import Image
 from generation.base import GenerationError, Generator
 from generation.world_pipeline import WorldGeneratorPipeline
 from retrieval.text_tower import TextTower
-from retrieval.weights import file_digest
+from retrieval.weights import tensor_digest
 
 
 class WorldGenerator(Generator):
@@ -31,7 +31,7 @@ class WorldGenerator(Generator):
         self.device = torch.device(device)
         self.steps, self.guidance = steps, guidance
         self.size = self.pipe.unet.config.sample_size
-        digest = file_digest(location / "unet" / "diffusion_pytorch_model.safetensors")
+        digest = tensor_digest(self.pipe.unet.state_dict())
         self.identity = f"world-generator:{location.name}@{digest}"
 
     def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:

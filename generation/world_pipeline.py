@@ -23,7 +23,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionMod
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from retrieval.text_tower import MINILM_HUB_ID, TextTower, tower_location
+from retrieval.text_tower import MINILM_HUB_ID, TextTower
 
 
 class WorldGeneratorPipeline(DiffusionPipeline):
@@ -35,7 +35,7 @@ class WorldGeneratorPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(text_tower_id=text_tower_id)
         self.text_tower = (text_tower if text_tower is not None
-                           else TextTower(tower_location(text_tower_id)))
+                           else TextTower(text_tower_id))
         if self.text_tower.width != unet.config.cross_attention_dim:
             raise ValueError(f"the UNet cross-attends {unet.config.cross_attention_dim}-wide "
                              f"states ({text_tower_id}); the text tower gives "

@@ -63,7 +63,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             "your folder)")
     if path.exists() and not args.rebuild:
         # Say which index grows: under the default profile it is the world gallery's.
-        known = len(VectorIndex.load(path).paths)
+        known = len(VectorIndex.read_meta(path).paths)
         what = (f"profile {profile.name!r}'s index" if args.index is None else "the index")
         print(f"adding {args.folder} to {what} at {path} ({known} images so far); for a "
               "separate index give --index NEW.itirx (and `itir serve --index NEW.itirx`), "

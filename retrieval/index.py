@@ -119,19 +119,29 @@ class VectorIndex:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    @classmethod
-    def load(cls, path: str | Path, encoder: str | None = None) -> VectorIndex:
-        """Load; with `encoder`, refuse an index that another encoder built."""
+    @staticmethod
+    def read_meta(path: str | Path) -> IndexMeta:
+        """The metadata alone (paths, encoder, kind), without reading the vectors."""
+        return VectorIndex._read(path, vectors=False)[0]
+
+    @staticmethod
+    def _read(path: str | Path, vectors: bool = True) -> tuple[IndexMeta, faiss.Index | None]:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no index at {path}; build one with `itir index FOLDER`")
         try:
-            with np.load(path) as data:
+            with np.load(path) as data:  # an .npz reads each array only when asked for
                 meta = IndexMeta(**json.loads(bytes(data["meta"]).decode()))
-                index = faiss.deserialize_index(data["index"])
+                index = faiss.deserialize_index(data["index"]) if vectors else None
         except (ValueError, KeyError, OSError, RuntimeError) as e:
             raise ValueError(f"{path} is not a readable itir index ({e}); rebuild it with "
                              "`itir index FOLDER --rebuild`") from e
+        return meta, index
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: str | None = None) -> VectorIndex:
+        """Load; with `encoder`, refuse an index that another encoder built."""
+        meta, index = cls._read(path)
         if encoder is not None and meta.encoder != encoder:
             raise IndexMismatchError(
                 f"the index at {path} was built with encoder {meta.encoder!r} (dim {meta.dim}) "

@@ -25,19 +25,16 @@ def minilm_location() -> str:
     return str(get_model_path())
 
 
-def tower_location(name: str = MINILM_HUB_ID) -> str:
-    """Where to load the tower a model folder names: all-MiniLM-L6-v2 from the offline package
-    when it is installed; any other name (a hub id or a folder) as it is."""
-    return minilm_location() if name == MINILM_HUB_ID else name
-
-
 class TextTower(torch.nn.Module):
     """Frozen transformer text tower; `forward(texts)` returns (states [B,L,W], mask [B,L])."""
 
     def __init__(self, location: str | None = None, device: str | torch.device = "cpu",
                  max_tokens: int = MAX_TOKENS):
         super().__init__()
-        self.location = location or minilm_location()
+        # all-MiniLM-L6-v2, by default or by its hub id (as model folders name it), loads from
+        # the offline package when that is installed; any other name or folder as it is.
+        self.location = (minilm_location() if location in (None, MINILM_HUB_ID)
+                         else location)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.location)
             self.model = AutoModel.from_pretrained(self.location).to(device).eval()

@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
-
-
-def file_digest(path: str | Path, n: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
 
 
 def tensor_digest(state: dict[str, torch.Tensor], n: int = 12) -> str:

@@ -86,6 +86,23 @@ def tiny_sd_folder(tmp_path_factory):
     return folder / "pipeline"
 
 
+def render_gallery(folder, n: int, name: str = "{i:02d}.png", size: int = 64):
+    """World scenes 0..n-1 as PNGs in `folder` (made if needed); returns the folder."""
+    from world.render import render
+    from world.scene import sample_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        render(sample_scene(i), size).save(folder / name.format(i=i))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gallery_of():
+    """`gallery_of(folder, n, name=...)`: a folder of n rendered world scenes."""
+    return render_gallery
+
+
 @pytest.fixture(scope="session")
 def text_tower():
     from retrieval.text_tower import TextTower

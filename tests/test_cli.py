@@ -40,12 +40,9 @@ def test_unknown_profile_and_bad_override_are_one_line(capsys):
 
 
 @pytest.fixture
-def small_world(tmp_path, random_world_encoder_dir):
+def small_world(tmp_path, random_world_encoder_dir, gallery_of):
     """(gallery folder of 6 scenes, a profile TOML on it with the random world encoder)."""
-    folder = tmp_path / "g"
-    folder.mkdir()
-    for i in range(6):
-        render(sample_scene(i), 64).save(folder / f"{i}.png")
+    folder = gallery_of(tmp_path / "g", 6, name="{i}.png")
     profile = tmp_path / "p.toml"
     profile.write_text(f'name = "t"\nindex = "{tmp_path / "t.itirx"}"\nshow_pseudo_image = false\n'
                        f'[encoder]\nkind = "world"\nlocation = "{random_world_encoder_dir}"\n'

@@ -13,16 +13,11 @@ from engine.profile import GallerySpec, load_profile
 from fusion import DAR, TextOnly
 from generation.base import Generator
 from generation.world import WorldGenerator
-from world.render import render
-from world.scene import sample_scene
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gallery")
-    for i in range(24):
-        render(sample_scene(i), 64).save(folder / f"{i:02d}.png")
-    return folder
+def gallery(tmp_path_factory, gallery_of):
+    return gallery_of(tmp_path_factory.mktemp("gallery"), 24)
 
 
 @pytest.fixture(scope="module")

@@ -117,11 +117,9 @@ def test_find_images_on_missing_folder_is_clear(tmp_path):
 
 
 
-def test_an_interrupted_indexing_run_resumes_without_re_embedding(tmp_path, random_world_encoder):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(10):
-        render(sample_scene(i), 64).save(folder / f"{i:02d}.png")
+def test_an_interrupted_indexing_run_resumes_without_re_embedding(tmp_path, random_world_encoder,
+                                                                  gallery_of):
+    folder = gallery_of(tmp_path / "many", 10)
     path = tmp_path / "big.itirx"
 
     def stop_after_two_batches(done, total, what):

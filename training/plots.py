@@ -21,6 +21,13 @@ def training_curve(log_jsonl: str | Path, out: str | Path, title: str) -> Path:
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Write `fig` as a PNG at `out` (folders made as needed) and free it."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
