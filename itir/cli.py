@@ -89,7 +89,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError("give a text to search for, or --image FILE to search by example")
     texts = [check_message(t) for t in args.text]
     images = [(path, load_image(path)) for path in args.image]  # fail before models load
-    engine = build_engine(_profile(args), with_generator=not args.text_only and bool(texts))
+    # A terminal shows no pseudo-image: draw one only when the fusion searches with it.
+    profile = _profile(args).with_overrides(show_pseudo_image=False)
+    engine = build_engine(profile, with_generator=not args.text_only and bool(texts))
     results = []
     for text in texts:
         result = engine.search(text, round_=args.round, k=args.k)
