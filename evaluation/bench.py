@@ -19,6 +19,7 @@ from tqdm import tqdm
 from evaluation.metrics import percentiles_ms, recall_at, target_ranks
 from world.captions import full_caption
 from world.dialogs import make_dialog
+from world.phrasings import describe
 from world.render import STYLES, render
 from world.scene import sample_scene, split_seed
 
@@ -56,7 +57,12 @@ def bench_encoder(encoder, n: int = 5000) -> dict:
     gallery = embed_gallery(encoder, scenes)
     targets = np.arange(n)
     texts = {"full caption": [full_caption(s) for s in scenes],
-             "round-0 caption": [make_dialog(s)[0] for s in scenes]}
+             "round-0 caption": [make_dialog(s)[0] for s in scenes],
+             # Free wording (world/phrasings.py): forms the encoder trained on, and forms
+             # held out of training (other frames, orders and synonyms).
+             "free description": [describe(s, random.Random(s.seed)) for s in scenes],
+             "held-out phrasing": [describe(s, random.Random(s.seed), "heldout")
+                                   for s in scenes]}
     styles = np.array([s.style for s in scenes])
     result = {"scenes": n, "encoder": encoder.identity}
     for name, batch in texts.items():
@@ -211,8 +217,6 @@ def bench_coldstart(profile: str = "world", timeout: float = 300.0) -> dict:
 
 def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
     """Per-turn latency of the engine on world test dialogs, split into its stages."""
-    from world.dialogs import make_dialog
-
     stages: dict[str, list[float]] = {}
     for scene in test_scenes(dialogs):
         session = engine.session()

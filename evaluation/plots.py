@@ -13,9 +13,10 @@ from training.plots import save_figure  # noqa: E402
 
 
 def encoder_recall(result: dict, out: str | Path) -> Path:
-    """Grouped bars: R@1/5/10 per rendering style, for full and round-0 captions."""
-    kinds = [k for k in ("full caption", "round-0 caption") if k in result]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.6), sharey=True)
+    """Grouped bars: R@1/5/10 per rendering style, for each kind of query text."""
+    kinds = [k for k in ("full caption", "round-0 caption", "free description",
+                         "held-out phrasing") if k in result]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.0 * len(kinds), 3.6), sharey=True)
     for ax, kind in zip(list(axes) if len(kinds) > 1 else [axes], kinds):
         groups = list(result[kind])
         for j, metric in enumerate(("R@1", "R@5", "R@10")):
@@ -43,6 +44,38 @@ def generator_fidelity(result: dict, out: str | Path) -> Path:
     b.bar(list(agree), list(agree.values()), color=["#6a4", "#26a", "#d62", "#999"])
     b.set_title("who finds the target in the top 10")
     b.set_ylim(0, 1)
+    for ax in (a, b):
+        ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, out)
+
+
+def generator_rounds(result: dict, out: str | Path) -> Path:
+    """Per dialog round: image-only Hits@10 (text-only beside it) and what the judge sees."""
+    rounds = list(result["rounds"])
+    rows = [result["rounds"][r] for r in rounds]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    xs = range(len(rounds))
+    a.bar([x - 0.2 for x in xs], [r["image_hits@10"] for r in rows], width=0.4,
+          label="pseudo-image alone", color="#d62")
+    a.bar([x + 0.2 for x in xs], [r["text_hits@10"] for r in rows], width=0.4,
+          label="text alone", color="#26a")
+    a.set_xticks(list(xs), [f"round {r}" for r in rounds])
+    a.set_ylim(0, 100)
+    a.set_ylabel("% of dialogs, target in top 10")
+    a.set_title(f"{result['dialogs']} test dialogs, {result['gallery']}-scene gallery")
+    a.legend(loc="upper left")
+    for key, label, colour in (("background_right", "background right (when named)", "#6a4"),
+                               ("object_colour_right", "named object's colour in its cell",
+                                "#d62"),
+                               ("ceiling_object_colour_right", "same judge on real renders",
+                                "#999"),
+                               ("empty_cells_clean", "empty cells left empty", "#26a")):
+        b.plot(list(xs), [r[key] if r[key] is not None else float("nan") for r in rows],
+               marker="o", label=label, color=colour)
+    b.set_xticks(list(xs), [f"round {r}" for r in rounds])
+    b.set_ylim(0, 1.05)
+    b.set_title("what the pseudo-image shows (ground-truth judge)")
+    b.legend(loc="lower left", fontsize=8)
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, out)

@@ -31,7 +31,9 @@ class WorldGenerator(Generator):
         self.device = torch.device(device)
         self.steps, self.guidance = steps, guidance
         self.size = self.pipe.unet.config.sample_size
-        digest = tensor_digest(self.pipe.unet.state_dict())
+        digest = tensor_digest({**{f"layout.{k}": v for k, v in
+                                   self.pipe.layout.state_dict().items()},
+                                **self.pipe.unet.state_dict()})
         self.identity = f"world-generator:{location.name}@{digest}"
 
     def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:

@@ -1,6 +1,11 @@
-"""A diffusers pipeline for the world generator: text -> 32x32 pseudo-image.
+"""A diffusers pipeline for the world generator: text -> layout -> 32x32 pseudo-image.
 
-A saved pipeline is an ordinary diffusers folder (model_index.json, unet/, scheduler/), so
+The text tower reads the prompt clause by clause, the layout parser turns its states into a
+belief about the scene (generation/world_layout.py), and the UNet denoises conditioned on
+that layout, with classifier-free guidance against an empty layout.
+
+A saved pipeline is an ordinary diffusers folder (model_index.json, layout/, unet/,
+scheduler/), so
 
     pipe = WorldGeneratorPipeline.from_pretrained("assets/world-generator")
 
@@ -23,35 +28,36 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionMod
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from generation.world_layout import WorldLayoutParser, clause_states
 from retrieval.text_tower import MINILM_HUB_ID, TextTower
 
 
 class WorldGeneratorPipeline(DiffusionPipeline):
-    """UNet + few-step scheduler + the locked text tower, with classifier-free guidance."""
+    """Layout parser + UNet + few-step scheduler + the locked text tower."""
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler: SchedulerMixin,
-                 text_tower: TextTower | None = None, text_tower_id: str = MINILM_HUB_ID):
+    def __init__(self, layout: WorldLayoutParser, unet: UNet2DConditionModel,
+                 scheduler: SchedulerMixin, text_tower: TextTower | None = None,
+                 text_tower_id: str = MINILM_HUB_ID):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(layout=layout, unet=unet, scheduler=scheduler)
         self.register_to_config(text_tower_id=text_tower_id)
         self.text_tower = (text_tower if text_tower is not None
                            else TextTower(text_tower_id))
-        if self.text_tower.width != unet.config.cross_attention_dim:
+        if self.text_tower.width != layout.config.text_width:
+            raise ValueError(f"the layout parser reads {layout.config.text_width}-wide states "
+                             f"({text_tower_id}); the text tower gives {self.text_tower.width}")
+        if layout.config.width != unet.config.cross_attention_dim:
             raise ValueError(f"the UNet cross-attends {unet.config.cross_attention_dim}-wide "
-                             f"states ({text_tower_id}); the text tower gives "
-                             f"{self.text_tower.width}")
-        self._empty: torch.Tensor | None = None
+                             f"slots; the layout parser gives {layout.config.width}")
 
-    def _condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conditional then unconditional states, padded to one length, with masks."""
-        states, mask = self.text_tower(prompts)
-        if self._empty is None:
-            self._empty = self.text_tower([""])[0]
-        empty = torch.zeros_like(states)
-        empty_mask = torch.zeros_like(mask)
-        empty[:, : self._empty.shape[1]] = self._empty
-        empty_mask[:, : self._empty.shape[1]] = True
-        return torch.cat([states, empty]), torch.cat([mask, empty_mask])
+    def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layout map [B, C, S, S] and slot states [B, K, W] for `prompts`."""
+        states, mask, clause_ids = clause_states(self.text_tower, prompts)
+        device, dtype = self.unet.device, self.unet.dtype
+        layout = self.layout(states.to(device, self.layout.dtype), mask.to(device),
+                             clause_ids.to(device))
+        size = self.unet.config.sample_size
+        return layout.spatial_map(size).to(dtype), layout.slots.to(dtype)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 8,
@@ -60,19 +66,24 @@ class WorldGeneratorPipeline(DiffusionPipeline):
                  output_type: str = "pil") -> ImagePipelineOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         device, dtype = self.unet.device, self.unet.dtype
-        states, mask = self._condition(prompts)
-        states, mask = states.to(device, dtype), mask.to(device, dtype)
+        spatial, slots = self.condition(prompts)
+        guided = guidance_scale != 1.0
+        if guided:  # the unconditional half: an empty layout (what training dropped to)
+            spatial = torch.cat([spatial, torch.zeros_like(spatial)])
+            slots = torch.cat([slots, torch.zeros_like(slots)])
         size = self.unet.config.sample_size
         x = randn_tensor((len(prompts), 3, size, size), generator=generator, device=device,
                          dtype=dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = self.scheduler.scale_model_input(torch.cat([x, x]), t)
-            out = self.unet(model_in, t, encoder_hidden_states=states,
-                            encoder_attention_mask=mask).sample
-            cond, uncond = out.chunk(2)
-            x = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, x).prev_sample
+            model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
+            out = self.unet(torch.cat([model_in, spatial], dim=1), t,
+                            encoder_hidden_states=slots).sample
+            if guided:
+                cond, uncond = out.chunk(2)
+                out = uncond + guidance_scale * (cond - uncond)
+            x = self.scheduler.step(out, t, x).prev_sample
         images = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy()
         if output_type == "pil":
             images = self.numpy_to_pil(images)

@@ -1,7 +1,9 @@
 """The world generator's denoiser: a small pixel-space diffusers UNet at 32x32.
 
-It cross-attends every token state of the locked text tower (not one pooled vector), so
-"a red circle on the left" can put red on the left. Sizes are data, not code.
+It reads the layout (generation/world_layout.py) twice: as a spatial map concatenated to the
+noisy image, so drawing "red in the top left cell" is a local job for convolutions, and by
+cross-attending the parser's slot states (one per grid cell and one for the scene) at the
+lower resolutions. Sizes are data, not code.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from dataclasses import asdict, dataclass
 
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
+from generation.world_layout import MAP_CHANNELS
+
 
 @dataclass(frozen=True)
 class WorldUNetConfig:
     sample_size: int = 32
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
-    cross_attention_dim: int = 384  # the text tower's hidden size
+    cross_attention_dim: int = 192  # the layout parser's slot width
     attention_head_dim: int = 8
     norm_num_groups: int = 16
 
@@ -24,15 +28,16 @@ class WorldUNetConfig:
         return asdict(self)
 
 
-TINY = WorldUNetConfig(block_out_channels=(16, 32), norm_num_groups=8)  # tests only
+TINY = WorldUNetConfig(block_out_channels=(16, 32), norm_num_groups=8,
+                       cross_attention_dim=32)  # tests only
 
 
 def build_unet(cfg: WorldUNetConfig) -> UNet2DConditionModel:
-    # Full resolution has no attention (cheap, local detail); lower ones attend to the text.
+    # Full resolution has no attention (cheap, local detail); lower ones attend to the slots.
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(cfg.block_out_channels) - 1)
     up = tuple(reversed([b.replace("Down", "Up") for b in down]))
     return UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=3, out_channels=3,
+        sample_size=cfg.sample_size, in_channels=3 + MAP_CHANNELS, out_channels=3,
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
         down_block_types=down, up_block_types=up,
         cross_attention_dim=cfg.cross_attention_dim,

@@ -21,7 +21,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 
     torch_threads(args.threads)
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
-                        resume=args.resume)
+                        resume=args.resume, init=args.init)
     print("val (full caption, text->image):", metrics)
     return 0
 
@@ -32,7 +32,7 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
     torch_threads(args.threads)
     log = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
-                    resume=args.resume)
+                    resume=args.resume, layout_steps=args.layout_steps)
     print("final loss:", log[-1]["loss"])
     return 0
 
@@ -158,14 +158,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         elif args.what == "index":
             result = bench.bench_index(models.encoder, args.n or 10000)
         else:
+            from evaluation.fidelity import bench_dialog_fidelity
+
             grid = bench.DOCS / "generator-samples.png"
             result = bench.bench_generator(models.encoder, models.generator, args.n or 5000,
                                            args.captions, grid_path=grid)
+            result["dialogs"] = bench_dialog_fidelity(
+                models.encoder, models.generator, args.dialogs, args.n or 5000,
+                grid_path=bench.DOCS / "generator-dialog-samples.png")
     path = bench.write_result(args.what, result)
     if args.what == "encoder":
         print(plots.encoder_recall(result, bench.DOCS / "encoder-recall.png"), file=sys.stderr)
     if args.what == "generator":
         print(plots.generator_fidelity(result, bench.DOCS / "generator-fidelity.png"),
+              file=sys.stderr)
+        print(plots.generator_rounds(result["dialogs"], bench.DOCS / "generator-rounds.png"),
               file=sys.stderr)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}", file=sys.stderr)
@@ -246,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")
     be.add_argument("--captions", type=positive_int, default=1000,
                     help="generator: captions to draw")
+    be.add_argument("--dialogs", type=positive_int, default=300,
+                    help="generator: test dialogs to draw at rounds 0, 2, 5 and 10")
     be.add_argument("--threads", type=positive_int, default=None)
     be.set_defaults(func=cmd_bench)
 
@@ -261,14 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, default=1500)
     t.add_argument("--out", default="assets/world-encoder")
     t.add_argument("--cache", default=None, help="corpus cache folder")
+    t.add_argument("--init", default=None, metavar="FOLDER",
+                   help="start from this saved encoder and train only its text head (the "
+                        "image tower, and so every gallery's image embeddings, stay as they are)")
     t.add_argument("--threads", type=positive_int, default=2)
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")
     t.set_defaults(func=cmd_train_encoder)
 
     g = sub.add_parser("train-generator", help="train the world pseudo-image generator")
-    g.add_argument("--scenes", type=positive_int, default=20000)
-    g.add_argument("--steps", type=positive_int, default=2000)
+    g.add_argument("--scenes", type=positive_int, default=12000)
+    g.add_argument("--steps", type=positive_int, default=4000, help="UNet steps")
+    g.add_argument("--layout-steps", type=positive_int, default=3000,
+                   help="layout parser steps (stage 1)")
     g.add_argument("--out", default="assets/world-generator")
     g.add_argument("--cache", default=None, help="corpus cache folder")
     g.add_argument("--threads", type=positive_int, default=2)

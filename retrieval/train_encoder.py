@@ -49,28 +49,55 @@ def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch
     return out
 
 
-def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig
-                    ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
-    """Batch sampler: `batch_size` distinct scenes, each with one of its texts at random."""
+def scene_text_picker(corpus: Corpus, batch_size: int
+                      ) -> Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]:
+    """Draws `batch_size` distinct scenes and one of each scene's texts at random."""
     n_scenes = len(corpus.images)
     # Texts grouped by scene: scene s owns by_scene[first[s] : first[s] + count[s]].
     by_scene = torch.argsort(corpus.text_scene, stable=True)
     count = torch.bincount(corpus.text_scene, minlength=n_scenes)
     first = count.cumsum(0) - count
 
-    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        scenes = torch.randperm(n_scenes, generator=gen)[: cfg.batch_size]
+    def pick(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        scenes = torch.randperm(n_scenes, generator=gen)[:batch_size]
         offset = (torch.rand(len(scenes), generator=gen) * count[scenes]).long()
-        states, mask = corpus.batch_states(by_scene[first[scenes] + offset])
+        return scenes, by_scene[first[scenes] + offset]
+
+    return pick
+
+
+def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig
+                    ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    """Batch sampler: `batch_size` distinct scenes, each with one of its texts at random."""
+    pick = scene_text_picker(corpus, cfg.batch_size)
+
+    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        scenes, text_ids = pick(gen)
+        states, mask = corpus.batch_states(text_ids)
         images = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
         return {"images": images, "states": states, "mask": mask}
 
     return sample
 
 
+def text_head_batches(corpus: Corpus, image_embeddings: torch.Tensor, cfg: EncoderTrainConfig
+                      ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    """Like `encoder_batches`, with the frozen image tower's embeddings in place of pixels."""
+    pick = scene_text_picker(corpus, cfg.batch_size)
+
+    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        scenes, text_ids = pick(gen)
+        states, mask = corpus.batch_states(text_ids)
+        return {"image_embeddings": image_embeddings[scenes], "states": states, "mask": mask}
+
+    return sample
+
+
 def contrastive_loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Symmetric InfoNCE: each image against every text of the batch, and vice versa."""
-    img = model.encode_image(batch["images"])
+    """Symmetric InfoNCE: each image against every text of the batch, and vice versa. With
+    precomputed `image_embeddings` in the batch the image tower is not run (it is frozen)."""
+    img = (batch["image_embeddings"] if "image_embeddings" in batch
+           else model.encode_image(batch["images"]))
     txt = model.encode_text(batch["states"], batch["mask"])
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
     labels = torch.arange(len(img), device=logits.device)
@@ -108,20 +135,40 @@ def train_encoder(corpus: Corpus, model_cfg: WorldEncoderConfig, cfg: EncoderTra
     return model, log
 
 
+def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrainConfig,
+                       out: str | Path | None = None, *, resume: bool = False,
+                       evaluate: Evaluate | None = None) -> list[dict]:
+    """Go on training `model`'s text head (and temperature) with the image tower frozen.
+
+    New wording only needs the text side to move, and a frozen image tower keeps every
+    gallery's image embeddings as they were: only the query side of search changes."""
+    model.image.requires_grad_(False).eval()
+    with torch.no_grad():
+        image_embeddings = torch.cat([model.encode_image(corpus.images[i:i + 256])
+                                      for i in range(0, len(corpus.images), 256)])
+    log = train(model, text_head_batches(corpus, image_embeddings, cfg), contrastive_loss, cfg,
+                out, resume=resume, evaluate=evaluate, desc="fine-tune text head")
+    model.image.requires_grad_(True)
+    return log
+
+
 MODEL_CARD = """# world encoder
 
 A dual encoder for the itir world: the locked all-MiniLM-L6-v2 text tower (not stored here)
 with a trained one-layer attention head, and a {image_params:.2f}M-parameter CNN image tower
 trained from scratch. Embeddings are {embed_dim}-d and L2-normalised.
 
-- Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption and a
-  partial caption or 1-4-round dialog prefix; {image_size}x{image_size} images, a quarter
+- Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
+  partial caption or 1-4-round dialog prefix, and a full and a partial free description
+  (world/phrasings.py, training forms only); {image_size}x{image_size} images, a quarter
   of them shrunk to 32x32 and back.
+- {origin}
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
   {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;
   seed {seed}; final loss {final_loss:.4f}.
 - Wall time: {minutes:.1f} min on {hardware}. Loss curve: `loss.png`; log: `train.log.jsonl`.
-- Validation ({val_scenes} val scenes, full caption, text->image): {val_metrics}
+- Validation ({val_scenes} val scenes, text->image): full caption {val_metrics}; free
+  description {val_free}
 - Test numbers: docs/BENCHMARKS.md.
 
 Use (config.json + model.safetensors):
@@ -140,9 +187,12 @@ CARD_METADATA = {"license": "mit", "library_name": "pytorch",
 
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
-              resume: bool = False) -> dict:
+              resume: bool = False, init: str | Path | None = None) -> dict:
     """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
-    model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall."""
+    model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall.
+
+    With `init` (a saved encoder folder) the run starts from those weights and trains only
+    the text head (`finetune_text_head`); without, everything is trained from scratch."""
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 
@@ -153,17 +203,31 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     del tower
     cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed)
     out = Path(out)
-    model, log = train_encoder(
-        corpus, model_cfg, cfg, out, resume=resume,
-        evaluate=lambda m, step: {"val_full_caption": recall_at(m, val)})
+    def evaluate(m, step):
+        return {"val_full_caption": recall_at(m, val), "val_free": recall_at(m, val, kind=3)}
+
+    if init is None:
+        model, log = train_encoder(corpus, model_cfg, cfg, out, resume=resume,
+                                   evaluate=evaluate)
+        origin = "Trained from scratch."
+    else:
+        model = WorldDualEncoder.from_pretrained(str(init))
+        model_cfg = model.config
+        log = finetune_text_head(model, corpus, cfg, out, resume=resume, evaluate=evaluate)
+        origin = (f"Fine-tuned from `{init}` (its own card tells how that was trained): the "
+                  "image tower frozen, so image embeddings are unchanged; only the text head "
+                  f"and temperature trained here. The original card: `{init}/README.md`.")
     metrics = log[-1]["val_full_caption"]  # the loop evaluates the final weights
     model.save_pretrained(out)
     write_model_card(
         out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
-        command=f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}",
+        command=(f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}"
+                 + (f" --init {init}" if init else "")),
+        origin=origin,
         **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,
         image_params=sum(p.numel() for p in model.image.parameters()) / 1e6, out=out,
-        val_scenes=val_scenes, val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        val_scenes=val_scenes, val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
+        val_free=", ".join(f"{k} {v:.3f}" for k, v in log[-1]["val_free"].items()))
     training_curve(out / "train.log.jsonl", out / "loss.png", "world encoder: InfoNCE loss")
     clear_checkpoints(out)  # the finished model is saved; the resumable state can go
     return metrics

@@ -188,11 +188,13 @@ def world_app(pytestconfig):
 @pytest.fixture(scope="session")
 def tiny_world_pipeline(tmp_path_factory, text_tower):
     """A random tiny world pipeline, and the folder it was saved to with save_pretrained."""
+    from generation.world_layout import WorldLayoutParser
     from generation.world_pipeline import WorldGeneratorPipeline
     from generation.world_unet import TINY, build_unet, sampling_scheduler
 
     torch.manual_seed(0)
-    pipe = WorldGeneratorPipeline(build_unet(TINY), sampling_scheduler(), text_tower)
+    parser = WorldLayoutParser(width=TINY.cross_attention_dim, heads=2).eval()
+    pipe = WorldGeneratorPipeline(parser, build_unet(TINY), sampling_scheduler(), text_tower)
     pipe.set_progress_bar_config(disable=True)
     folder = tmp_path_factory.mktemp("world-gen") / "tiny"
     pipe.save_pretrained(folder)

@@ -5,16 +5,25 @@ import numpy as np
 import pytest
 import torch
 
-from generation.train_world import GeneratorTrainConfig, train_generator
+from generation.train_world import (
+    GeneratorTrainConfig,
+    LayoutTrainConfig,
+    corpus_labels,
+    layout_accuracy,
+    train_generator,
+    train_layout,
+)
+from generation.world_layout import WorldLayoutParser
 from generation.world_unet import TINY, WorldUNetConfig
 from retrieval.train_encoder import EncoderTrainConfig, recall_at, train_encoder
 from retrieval.world_encoder import WorldEncoderConfig
+from world.clause_corpus import build_clause_corpus
 from world.corpus import build_corpus
 
 # Smaller than the shipped models so a test step costs milliseconds; same code paths.
 SMALL_ENCODER = WorldEncoderConfig(embed_dim=64, widths=(8, 16, 32, 32))
 MICRO_UNET = WorldUNetConfig(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4,
-                             attention_head_dim=4)
+                             attention_head_dim=4, cross_attention_dim=32)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +32,24 @@ def tiny_corpus(text_tower):
 
 
 @pytest.fixture(scope="module")
-def empty_states(text_tower):
-    return text_tower([""])[0]
+def clause_corpus(text_tower):
+    return build_clause_corpus(24, "train", text_tower, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def parser():
+    torch.manual_seed(0)
+    return WorldLayoutParser(width=32, heads=2).eval()
+
+
+def test_clause_corpus_reads_each_distinct_clause_once(clause_corpus):
+    c = clause_corpus
+    assert c.images.shape == (24, 3, 16, 16) and len(c.texts) == 24 * 6
+    n_clauses = len(c.clause_offsets) - 1
+    assert n_clauses == len(set(c.text_clauses.tolist())) < len(c.text_clauses)  # shared
+    # A text's clauses, concatenated, are what the pipeline reads for that text.
+    from dialog.query import split_clauses
+    assert len(c.clauses_of(5)) == len(split_clauses(c.texts[5]))
 
 
 def test_corpus_packs_states_per_text(tiny_corpus):
@@ -36,9 +61,18 @@ def test_corpus_packs_states_per_text(tiny_corpus):
         int(c.offsets[1] - c.offsets[0]), int(c.offsets[6] - c.offsets[5])]
 
 
-def test_generator_training_lowers_the_loss(tiny_corpus, empty_states):
+def test_layout_parser_learns_the_background_from_the_text(clause_corpus):
+    cfg = LayoutTrainConfig(steps=60, batch_size=32, lr=3e-3, warmup=5, log_every=1)
+    model, log = train_layout(clause_corpus, cfg, width=32)
+    losses = [e["loss"] for e in log]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    acc = layout_accuracy(model, clause_corpus, corpus_labels(clause_corpus))
+    assert acc["background"] > 0.3  # chance: 1/12
+
+
+def test_generator_training_lowers_the_loss(clause_corpus, parser):
     cfg = GeneratorTrainConfig(steps=16, batch_size=4, lr=2e-3, warmup=3, log_every=1)
-    unet, log = train_generator(tiny_corpus, empty_states, TINY, cfg)
+    unet, log = train_generator(clause_corpus, parser, TINY, cfg)
     losses = [e["loss"] for e in log]
     assert len(losses) == 16 and not unet.training
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
@@ -64,15 +98,15 @@ def crash_after(step: int):
 
 
 @pytest.mark.parametrize("trainer", ["generator (EMA, clipping)", "encoder (dropout)"])
-def test_an_interrupted_run_resumes_as_if_never_stopped(trainer, tiny_corpus, empty_states,
-                                                        tmp_path):
+def test_an_interrupted_run_resumes_as_if_never_stopped(trainer, tiny_corpus, clause_corpus,
+                                                        parser, tmp_path):
     """Train 3 of 6 steps and crash; resume to 6; the result is the uninterrupted 6-step run."""
     if trainer.startswith("generator"):
         cfg = GeneratorTrainConfig(steps=6, batch_size=4, warmup=2, log_every=1, eval_every=1,
                                    checkpoint_every=3)
 
         def run(out, **kw):
-            return train_generator(tiny_corpus, empty_states, MICRO_UNET, cfg, out, **kw)
+            return train_generator(clause_corpus, parser, MICRO_UNET, cfg, out, **kw)
     else:
         cfg = EncoderTrainConfig(steps=6, batch_size=8, warmup=2, log_every=1, eval_every=1,
                                  checkpoint_every=3)

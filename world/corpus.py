@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from world.captions import full_caption, partial_caption
 from world.dialogs import make_dialog, round_query
+from world.phrasings import describe
 from world.render import render
 from world.scene import sample_scene, split_seed
 
@@ -26,7 +27,8 @@ from world.scene import sample_scene, split_seed
 class Corpus:
     images: torch.Tensor  # [N, 3, S, S] uint8
     text_scene: torch.Tensor  # [T] index of the scene each text describes
-    text_kind: torch.Tensor  # [T] 0 = full caption, 1 = partial caption, 2 = dialog prefix
+    text_kind: torch.Tensor  # [T] 0 = full caption, 1 = partial caption, 2 = dialog prefix,
+    # 3 = free description, 4 = partial free description
     states: torch.Tensor  # [sum of lengths, W] fp16, packed
     offsets: torch.Tensor  # [T + 1] start of each text's rows in `states`
     texts: list[str]
@@ -51,7 +53,8 @@ class Corpus:
 
 
 def scene_texts(seed: int) -> list[tuple[int, str]]:
-    """(kind, text) pairs for one scene: a full caption and a partial view of it."""
+    """(kind, text) pairs for one scene: a full caption, a partial view of it, and a full
+    and a partial free description (world/phrasings.py, training forms only)."""
     rng = random.Random(seed * 13 + 5)
     scene = sample_scene(seed)
     texts = [(0, full_caption(scene, rng))]
@@ -59,6 +62,8 @@ def scene_texts(seed: int) -> list[tuple[int, str]]:
         texts.append((1, partial_caption(scene, rng)[0]))
     else:
         texts.append((2, round_query(make_dialog(scene, rng), rng.randint(1, 4))))
+    texts.append((3, describe(scene, rng)))
+    texts.append((4, describe(scene, rng, partial=True)))
     return texts
 
 
@@ -90,7 +95,8 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    path = Path(cache_dir) / f"corpus-{split}-{n}-{image_size}px.pt"
+    # v2: with free descriptions. The version keeps an older cache from being read as this.
+    path = Path(cache_dir) / f"corpus-v2-{split}-{n}-{image_size}px.pt"
     if path.exists():
         return Corpus.load(path)
     corpus = build_corpus(n, split, tower, image_size)

@@ -1,0 +1,66 @@
+"""The generator's layout stage: labels, the spatial map's geometry, reading by clauses."""
+
+import random
+
+import torch
+
+from generation.world_layout import (
+    CELLS,
+    MAP_CHANNELS,
+    WorldLayoutParser,
+    clause_states,
+    expand_cells,
+    scene_labels,
+)
+from world.phrasings import describe
+from world.render import render
+from world.scene import COLOURS, POSITIONS, sample_scene
+
+
+def test_labels_mark_each_object_in_its_cell_and_nothing_elsewhere():
+    scene = sample_scene(3)
+    labels = scene_labels(scene)
+    cells = labels[: CELLS * 5].view(CELLS, 5)
+    occupied = {POSITIONS.index(o.position) for o in scene.objects}
+    assert {i for i in range(CELLS) if cells[i, 0] == 1} == occupied
+    assert all((cells[i, 1:] == -100).all() for i in range(CELLS) if i not in occupied)
+    assert labels[CELLS * 5] == list(COLOURS).index(scene.background)
+    assert labels[-1] == len(scene.objects) - 1
+
+
+def test_spatial_map_cells_are_where_the_renderer_draws_them():
+    per_cell = torch.arange(CELLS, dtype=torch.float32).view(1, CELLS, 1)
+    grid = expand_cells(per_cell, 32)[0, 0]
+    scene = sample_scene(11)
+    image = torch.from_numpy(render(scene, 32).__array__()).float()
+    background = torch.tensor(COLOURS[scene.background], dtype=torch.float32)
+    for obj in scene.objects:  # the object's centre pixel lies in its own cell of the map
+        cell = POSITIONS.index(obj.position)
+        ys, xs = torch.nonzero(grid == cell, as_tuple=True)
+        cy, cx = int(ys.float().mean()), int(xs.float().mean())
+        assert not torch.allclose(image[cy, cx], background, atol=30)
+
+
+def test_clauses_are_read_separately_and_packed_per_prompt(text_tower):
+    prompts = ["a red circle, what color is the background? blue", "", "a star"]
+    states, mask, clause_ids = clause_states(text_tower, prompts)
+    assert states.shape[0] == 3 and mask.shape == clause_ids.shape == states.shape[:2]
+    assert clause_ids[0, mask[0]].unique().tolist() == [0, 1]
+    assert mask[1].sum() == len(text_tower([""])[1][0])  # empty reads as ""
+    one, one_mask = text_tower(["a star"])
+    assert torch.allclose(states[2, mask[2]], one[0, one_mask[0]], atol=1e-5)
+    parser = WorldLayoutParser(width=32, heads=2).eval()
+    layout = parser(states, mask, clause_ids)
+    assert layout.spatial_map(16).shape == (3, MAP_CHANNELS, 16, 16)
+    feats = layout.cell_features()  # attribute beliefs never exceed P(object)
+    assert (feats[..., 1:] <= feats[..., :1] + 1e-6).all()
+
+
+def test_free_phrasings_are_varied_and_heldout_wording_is_unseen_in_training():
+    scene = sample_scene(5)
+    train = {describe(scene, random.Random(i)) for i in range(50)}
+    held = {describe(scene, random.Random(i), "heldout") for i in range(50)}
+    assert len(train) > 40 and len(held) > 40
+    assert all(scene.background in t for t in train | held)
+    for phrase in ("bg = ", "items = ", "show me an image of", "lozenge", "giant"):
+        assert not any(phrase in t for t in train)

@@ -1,0 +1,113 @@
+"""The generator's training corpus: scenes, what people say about them, read clause by clause.
+
+The generator reads a query as clauses (dialog.query.split_clauses). Dialog rounds recur
+across scenes ("what color is the background? blue"), so the text tower reads each distinct
+clause once and a text is a list of clause ids: eleven-round dialogs cost little more to
+cache than captions.
+
+Texts per scene are what the app is asked: a full caption, a partial caption, a free full
+description and a free partial one (world.phrasings, training forms only), and a dialog cut
+at a random round and at round 10; in a third of the dialogs the first message is a free
+description rather than a template caption.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dialog.query import split_clauses
+from world.captions import full_caption, partial_caption
+from world.dialogs import ROUNDS, make_dialog, round_query
+from world.phrasings import describe
+from world.render import render
+from world.scene import sample_scene, split_seed
+
+
+@dataclass
+class ClauseCorpus:
+    seeds: torch.Tensor  # [N] scene seeds
+    images: torch.Tensor  # [N, 3, S, S] uint8
+    texts: list[str]
+    text_scene: torch.Tensor  # [T] row of the scene each text describes
+    text_clauses: torch.Tensor  # [sum of clause counts] clause ids, packed
+    text_offsets: torch.Tensor  # [T + 1]
+    clause_states: torch.Tensor  # [sum of clause lengths, W] fp16, packed
+    clause_offsets: torch.Tensor  # [U + 1]
+
+    def clauses_of(self, text_id: int) -> list[torch.Tensor]:
+        ids = self.text_clauses[self.text_offsets[text_id]:self.text_offsets[text_id + 1]]
+        return [self.clause_states[self.clause_offsets[c]:self.clause_offsets[c + 1]].float()
+                for c in ids.tolist()]
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClauseCorpus:
+        return cls(**torch.load(path, weights_only=False))
+
+
+def scene_texts(seed: int) -> list[str]:
+    """What the generator trains on for one scene (see the module docstring)."""
+    rng = random.Random(seed * 17 + 3)
+    scene = sample_scene(seed)
+    dialog = make_dialog(scene)
+    if rng.random() < 1 / 3:
+        dialog = [describe(scene, rng, partial=True), *dialog[1:]]
+    return [full_caption(scene, rng), partial_caption(scene, rng)[0],
+            describe(scene, rng), describe(scene, rng, partial=True),
+            round_query(dialog, rng.randint(0, ROUNDS - 1)), round_query(dialog, ROUNDS)]
+
+
+def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
+                        batch_size: int = 256) -> ClauseCorpus:
+    seeds = [split_seed(split, i) for i in range(n)]
+    images = np.stack([np.asarray(render(sample_scene(s), image_size))
+                       for s in tqdm(seeds, desc="render", unit="scene")])
+    texts, text_scene = [], []
+    for row, seed in enumerate(seeds):
+        for text in scene_texts(seed):
+            texts.append(text)
+            text_scene.append(row)
+    vocab: dict[str, int] = {}
+    text_clauses = [[vocab.setdefault(c, len(vocab)) for c in split_clauses(t) or [""]]
+                    for t in texts]
+    unique = list(vocab)
+    order = sorted(range(len(unique)), key=lambda j: len(unique[j]))  # little padding
+    chunks: list[torch.Tensor | None] = [None] * len(unique)
+    for start in tqdm(range(0, len(order), batch_size), desc="text tower (clauses)",
+                      unit="batch"):
+        ids = order[start:start + batch_size]
+        states, mask = tower([unique[j] for j in ids])
+        for row, j in enumerate(ids):
+            chunks[j] = states[row, mask[row]].half()
+    lengths = torch.tensor([len(c) for c in chunks])
+    counts = torch.tensor([len(c) for c in text_clauses])
+    return ClauseCorpus(
+        seeds=torch.tensor(seeds),
+        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        texts=texts, text_scene=torch.tensor(text_scene),
+        text_clauses=torch.tensor([c for cs in text_clauses for c in cs]),
+        text_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        clause_states=torch.cat(chunks),
+        clause_offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
+
+
+def cached_clause_corpus(n: int, split: str, tower, image_size: int,
+                         cache_dir: str | Path) -> ClauseCorpus:
+    """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
+    path = Path(cache_dir) / f"clauses-{split}-{n}-{image_size}px.pt"
+    if path.exists():
+        return ClauseCorpus.load(path)
+    corpus = build_clause_corpus(n, split, tower, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    corpus.save(tmp)
+    tmp.replace(path)
+    return corpus
