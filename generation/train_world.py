@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from generation.world_layout import (
+    CELL_GROUPS,
     CELLS,
     Layout,
     WorldLayoutParser,
@@ -165,10 +166,10 @@ def layout_accuracy(parser: WorldLayoutParser, corpus: ClauseCorpus, labels: tor
     cells = truth[:, : CELLS * 5].view(-1, CELLS, 5)
     present = cells[..., 0] == 1
     logits = layout.cell_logits
-    colour = logits[..., 1:13].argmax(-1)
-    shape = logits[..., 13:20].argmax(-1)
-    return {"background": (layout.scene_logits[:, :12].argmax(-1)
-                           == truth[:, CELLS * 5]).float().mean().item(),
+    colour, shape, _, _ = (g.argmax(-1) for g in
+                           logits[..., 1:].split(list(CELL_GROUPS.values()), dim=-1))
+    background = layout.scene_probs()["background"].argmax(-1)
+    return {"background": (background == truth[:, CELLS * 5]).float().mean().item(),
             "presence": ((logits[..., 0] > 0) == present).float().mean().item(),
             "colour": (colour == cells[..., 1])[present].float().mean().item(),
             "shape": (shape == cells[..., 2])[present].float().mean().item()}

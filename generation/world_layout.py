@@ -28,7 +28,8 @@ from dialog.query import MAX_CLAUSES, split_clauses
 from world.scene import COLOURS, FILLS, POSITIONS, SHAPES, SIZES, STYLE_NAMES, Scene
 
 CELLS = len(POSITIONS)
-# Per cell: present, then colour / shape / size / fill; per scene: background / style / count.
+# Per cell: present, then colour / shape / size / fill; per scene: background / style / count
+# (the count is a training target only: it teaches "three objects" to the presence beliefs).
 CELL_GROUPS = {"colour": len(COLOURS), "shape": len(SHAPES), "size": len(SIZES),
                "fill": len(FILLS)}
 SCENE_GROUPS = {"background": len(COLOURS), "style": len(STYLE_NAMES), "count": 4}

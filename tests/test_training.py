@@ -54,8 +54,9 @@ def test_clause_corpus_reads_each_distinct_clause_once(clause_corpus):
 
 def test_corpus_packs_states_per_text(tiny_corpus):
     c = tiny_corpus
-    assert c.images.shape == (24, 3, 64, 64) and len(c.texts) == 48
-    assert (c.text_kind == 0).sum() == 24  # one full caption per scene
+    assert c.images.shape == (24, 3, 64, 64) and len(c.texts) == 96
+    for kind in (0, 3, 4):  # one full caption and two free descriptions per scene
+        assert (c.text_kind == kind).sum() == 24
     states, mask = c.batch_states(c.offsets.new_tensor([0, 5]))
     assert states.shape[0] == 2 and mask.sum(1).tolist() == [
         int(c.offsets[1] - c.offsets[0]), int(c.offsets[6] - c.offsets[5])]
@@ -65,7 +66,7 @@ def test_layout_parser_learns_the_background_from_the_text(clause_corpus):
     cfg = LayoutTrainConfig(steps=60, batch_size=32, lr=3e-3, warmup=5, log_every=1)
     model, log = train_layout(clause_corpus, cfg, width=32)
     losses = [e["loss"] for e in log]
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     acc = layout_accuracy(model, clause_corpus, corpus_labels(clause_corpus))
     assert acc["background"] > 0.3  # chance: 1/12
 
