@@ -41,7 +41,7 @@ from training import (
     training_curve,
     write_model_card,
 )
-from training.loop import Evaluate
+from training.loop import LOG_NAME, Evaluate, read_log
 from world.clause_corpus import ClauseCorpus
 from world.scene import sample_scene
 
@@ -295,7 +295,7 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         parser.save_pretrained(layout_dir)
         clear_checkpoints(out / "train-layout")
     parser.requires_grad_(False)
-    layout_log = [e for e in _read_jsonl(out / "train-layout" / "train.log.jsonl")]
+    layout_log = read_log(out / "train-layout" / LOG_NAME)
     layout_val = next((e for e in reversed(layout_log) if "background" in e), {})
 
     val_scenes = [sample_scene(split_seed("val", i)) for i in range(12)]
@@ -327,15 +327,10 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         layout_steps=layout_steps, layout_batch=cfg.layout.batch_size,
         layout_val=", ".join(f"{k} {layout_val[k]:.3f}" for k in
                              ("background", "presence", "colour", "shape") if k in layout_val))
-    training_curve(out / "train-unet" / "train.log.jsonl", out / "loss.png",
+    training_curve(out / "train-unet" / LOG_NAME, out / "loss.png",
                    "world generator: v-prediction MSE")
-    training_curve(out / "train-layout" / "train.log.jsonl", out / "layout-loss.png",
+    training_curve(out / "train-layout" / LOG_NAME, out / "layout-loss.png",
                    "layout parser: cross-entropy")
     clear_checkpoints(out / "train-unet")  # the finished pipeline is saved
     return log
 
-
-def _read_jsonl(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -140,10 +140,9 @@ def clause_states(tower, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor
     concatenate its clauses' token states: (states [B, L, W], mask [B, L], clause_ids [B, L]).
     An empty prompt reads as the empty string's states."""
     per_prompt = [split_clauses(p) or [""] for p in prompts]
-    flat = [c for cs in per_prompt for c in cs]
-    states, mask = tower(flat)
-    return pack_clauses([[states[i, mask[i]] for i in range(len(flat))][a:b]
-                         for a, b in _spans([len(cs) for cs in per_prompt])])
+    states, mask = tower([c for cs in per_prompt for c in cs])
+    rows = iter([states[i, mask[i]] for i in range(len(states))])
+    return pack_clauses([[next(rows) for _ in cs] for cs in per_prompt])
 
 
 def pack_clauses(prompts: list[list[torch.Tensor]]
@@ -158,8 +157,3 @@ def pack_clauses(prompts: list[list[torch.Tensor]]
     for i, (r, c) in enumerate(zip(rows, ids)):
         states[i, : len(r)], mask[i, : len(r)], clause_ids[i, : len(r)] = r, True, c
     return states, mask, clause_ids
-
-
-def _spans(counts: list[int]) -> list[tuple[int, int]]:
-    starts = [sum(counts[:i]) for i in range(len(counts))]
-    return [(s, s + n) for s, n in zip(starts, counts)]

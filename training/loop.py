@@ -109,7 +109,7 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
             if ema is not None:
                 ema.to(accelerator.device)  # accelerate loads custom state onto the CPU
             start = int(latest.name.split("-")[1])
-            log = [e for e in _read_log(run / LOG_NAME) if e["step"] <= start]
+            log = [e for e in read_log(run / LOG_NAME) if e["step"] <= start]
         else:
             if resume:
                 tqdm.write(f"no checkpoint under {run / CHECKPOINTS}; starting at step 0")
@@ -206,7 +206,7 @@ def _latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:
     entries = []
     if path.exists():
         for line in path.read_text().splitlines():

@@ -17,16 +17,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from dialog.query import split_clauses
 from world.captions import full_caption, partial_caption
+from world.corpus import cached, encode_packed, render_split
 from world.dialogs import ROUNDS, make_dialog, round_query
 from world.phrasings import describe
-from world.render import render
-from world.scene import sample_scene, split_seed
+from world.scene import sample_scene
 
 
 @dataclass
@@ -67,9 +65,7 @@ def scene_texts(seed: int) -> list[str]:
 
 def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
                         batch_size: int = 256) -> ClauseCorpus:
-    seeds = [split_seed(split, i) for i in range(n)]
-    images = np.stack([np.asarray(render(sample_scene(s), image_size))
-                       for s in tqdm(seeds, desc="render", unit="scene")])
+    seeds, images = render_split(n, split, image_size)
     texts, text_scene = [], []
     for row, seed in enumerate(seeds):
         for text in scene_texts(seed):
@@ -78,36 +74,19 @@ def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
     vocab: dict[str, int] = {}
     text_clauses = [[vocab.setdefault(c, len(vocab)) for c in split_clauses(t) or [""]]
                     for t in texts]
-    unique = list(vocab)
-    order = sorted(range(len(unique)), key=lambda j: len(unique[j]))  # little padding
-    chunks: list[torch.Tensor | None] = [None] * len(unique)
-    for start in tqdm(range(0, len(order), batch_size), desc="text tower (clauses)",
-                      unit="batch"):
-        ids = order[start:start + batch_size]
-        states, mask = tower([unique[j] for j in ids])
-        for row, j in enumerate(ids):
-            chunks[j] = states[row, mask[row]].half()
-    lengths = torch.tensor([len(c) for c in chunks])
+    states, offsets = encode_packed(tower, list(vocab), batch_size, "text tower (clauses)")
     counts = torch.tensor([len(c) for c in text_clauses])
     return ClauseCorpus(
-        seeds=torch.tensor(seeds),
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        texts=texts, text_scene=torch.tensor(text_scene),
+        seeds=torch.tensor(seeds), images=images, texts=texts,
+        text_scene=torch.tensor(text_scene),
         text_clauses=torch.tensor([c for cs in text_clauses for c in cs]),
         text_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
-        clause_states=torch.cat(chunks),
-        clause_offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]))
+        clause_states=states, clause_offsets=offsets)
 
 
 def cached_clause_corpus(n: int, split: str, tower, image_size: int,
                          cache_dir: str | Path) -> ClauseCorpus:
     """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
     path = Path(cache_dir) / f"clauses-{split}-{n}-{image_size}px.pt"
-    if path.exists():
-        return ClauseCorpus.load(path)
-    corpus = build_clause_corpus(n, split, tower, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    corpus.save(tmp)
-    tmp.replace(path)
-    return corpus
+    return cached(path, lambda: build_clause_corpus(n, split, tower, image_size),
+                  ClauseCorpus.load)

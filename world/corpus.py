@@ -9,8 +9,10 @@ the same corpus file.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,41 +69,56 @@ def scene_texts(seed: int) -> list[tuple[int, str]]:
     return texts
 
 
-def build_corpus(n: int, split: str, tower, image_size: int = 64,
-                 batch_size: int = 128) -> Corpus:
-    """Render `n` scenes of `split` and encode their texts with the locked `tower`."""
+def render_split(n: int, split: str, image_size: int) -> tuple[list[int], torch.Tensor]:
+    """Seeds and rendered images (uint8 [n, 3, S, S]) of the first `n` scenes of `split`."""
     seeds = [split_seed(split, i) for i in range(n)]
     images = np.stack([np.asarray(render(sample_scene(s), image_size))
                        for s in tqdm(seeds, desc="render", unit="scene")])
-    pairs = [(i, kind, text) for i, s in enumerate(seeds) for kind, text in scene_texts(s)]
+    return seeds, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def encode_packed(tower, texts: list[str], batch_size: int = 128, desc: str = "text tower"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every text's token states, packed: (states [sum of lengths, W] fp16, offsets [T + 1])."""
     # Sorting by length keeps padding (wasted tower compute) small.
-    order = sorted(range(len(pairs)), key=lambda j: len(pairs[j][2]))
-    chunks: list[torch.Tensor | None] = [None] * len(pairs)
-    for start in tqdm(range(0, len(order), batch_size), desc="text tower", unit="batch"):
+    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
+    chunks: list[torch.Tensor | None] = [None] * len(texts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         ids = order[start:start + batch_size]
-        states, mask = tower([pairs[j][2] for j in ids])
+        states, mask = tower([texts[j] for j in ids])
         for row, j in enumerate(ids):
             chunks[j] = states[row, mask[row]].half()
     lengths = torch.tensor([len(c) for c in chunks])
-    return Corpus(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        text_scene=torch.tensor([p[0] for p in pairs]),
-        text_kind=torch.tensor([p[1] for p in pairs]),
-        states=torch.cat(chunks),
-        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        texts=[p[2] for p in pairs],
-    )
+    return torch.cat(chunks), torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+
+
+def cached(path: Path, build: Callable[[], Any], load: Callable[[Path], Any]) -> Any:
+    """`load(path)` when it exists, else `build()` saved there atomically (a killed run
+    never leaves half a file under the real name)."""
+    if path.exists():
+        return load(path)
+    corpus = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    corpus.save(tmp)
+    tmp.replace(path)
+    return corpus
+
+
+def build_corpus(n: int, split: str, tower, image_size: int = 64,
+                 batch_size: int = 128) -> Corpus:
+    """Render `n` scenes of `split` and encode their texts with the locked `tower`."""
+    seeds, images = render_split(n, split, image_size)
+    pairs = [(i, kind, text) for i, s in enumerate(seeds) for kind, text in scene_texts(s)]
+    texts = [p[2] for p in pairs]
+    states, offsets = encode_packed(tower, texts, batch_size)
+    return Corpus(images=images, text_scene=torch.tensor([p[0] for p in pairs]),
+                  text_kind=torch.tensor([p[1] for p in pairs]), states=states,
+                  offsets=offsets, texts=texts)
 
 
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
     # v2: with free descriptions. The version keeps an older cache from being read as this.
     path = Path(cache_dir) / f"corpus-v2-{split}-{n}-{image_size}px.pt"
-    if path.exists():
-        return Corpus.load(path)
-    corpus = build_corpus(n, split, tower, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    corpus.save(tmp)
-    tmp.replace(path)
-    return corpus
+    return cached(path, lambda: build_corpus(n, split, tower, image_size), Corpus.load)
