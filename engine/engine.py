@@ -48,6 +48,7 @@ class Engine:
         if index.meta.encoder != encoder.identity:
             raise IndexMismatchError(f"index built with {index.meta.encoder!r}, encoder is "
                                      f"{encoder.identity!r}")
+        fusion.check_encoder(encoder.identity, encoder.dim)
         if fusion.uses_image and generator is None:
             raise ValueError(f"fusion {fusion.name!r} fuses a pseudo-image, but profile "
                              f"{profile.name!r} has no generator; use fusion 'text' or set one")
@@ -74,13 +75,20 @@ class Engine:
         image, g, notice = None, None, None
         draw = self.fusion.uses_image or self.profile.show_pseudo_image
         if self.generator is not None and draw:
+            spec = self.profile.generator
+            # Only a fusion that embeds the image profits from more than one sample.
+            n = spec.samples if self.fusion.uses_image else 1
+            images = []
             try:
-                image = self.generator.generate([query], seed=self.profile.generator.seed)[0]
+                images = self.generator.generate([query], seed=spec.seed, n=n)
             except GenerationError as e:  # expected failures only; a bug should surface
                 notice = f"No pseudo-image this turn ({e}); searching with the text alone."
             lap("generate")
-            if image is not None and self.fusion.uses_image:
-                g = self.encoder.encode_images([image])
+            image = images[0] if images else None
+            if images and self.fusion.uses_image:
+                # The mean of K samples' embeddings: what the K drawings agree on.
+                g = self.encoder.encode_images(images).mean(0, keepdims=True)
+                g /= np.linalg.norm(g, axis=1, keepdims=True)
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = self.fusion if g is not None or not self.fusion.uses_image else TextOnly()

@@ -11,8 +11,10 @@ import sys
 from dataclasses import dataclass
 
 from engine.engine import Engine
+from engine.paths import assets_dir, home
 from engine.profile import Profile
 from fusion import Fusion, TextOnly, load_fusion
+from fusion.factory import AUTO, find_checkpoint
 from generation import factory as generation
 from generation.base import Generator
 from retrieval import factory as retrieval
@@ -50,12 +52,23 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     `with_generator=False` (e.g. `itir search --text-only`) searches with the text alone.
     """
     check_index_exists(profile)
-    fusion: Fusion = load_fusion(profile.fusion_location) if with_generator else TextOnly()
+    auto = profile.fusion_location == AUTO
+    fusion: Fusion = (load_fusion(profile.fusion_location) if with_generator and not auto
+                      else TextOnly())
     # No pseudo-image is needed when neither the fusion nor the person will look at it.
-    needs_image = fusion.uses_image or profile.show_pseudo_image
+    needs_image = auto or fusion.uses_image or profile.show_pseudo_image
     models = load_models(profile, with_generator=with_generator and needs_image)
+    if auto and models.generator is not None:
+        fusion = auto_fusion(models.encoder)
     index = ensure_index(profile, models.encoder, progress)
     return Engine(profile, models.encoder, index, fusion, models.generator)
+
+
+def auto_fusion(encoder: Encoder) -> Fusion:
+    """ADaFuSE where a checkpoint for this encoder ships in assets/ or was trained into
+    ITIR_HOME/fusions/, else the text alone (never a static fusion that may hurt)."""
+    found = find_checkpoint(encoder.identity, [assets_dir(), home() / "fusions"])
+    return load_fusion(found) if found is not None else TextOnly()
 
 
 def check_index_exists(profile: Profile) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from engine.paths import assets_dir, home, profiles_dir
-from fusion.factory import FUSIONS
+from fusion.factory import AUTO, BUILT_IN
 from generation.factory import GeneratorSpec
 from retrieval.factory import EncoderSpec
 
@@ -35,7 +35,7 @@ class Profile:
     name: str = "world"
     device: str = "auto"  # auto = cuda, then mps, else cpu
     top_k: int = 12
-    fusion: str = "text"  # a built-in fusion name or a fusion checkpoint folder
+    fusion: str = "text"  # a built-in fusion name, a checkpoint folder, or auto (fusion/)
     reformulation: str = "chatir"  # dialog -> query (dialog/query.py)
     show_pseudo_image: bool = True  # draw it for the person even when the fusion ignores it
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -46,6 +46,9 @@ class Profile:
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"profile {self.name!r}: top_k must be at least 1, got {self.top_k}")
+        if self.generator.samples < 1:
+            raise ValueError(f"profile {self.name!r}: [generator] samples must be at least 1, "
+                             f"got {self.generator.samples}")
         if self.gallery.index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"profile {self.name!r}: [gallery] index_kind must be auto, flat "
                              f"or hnsw, got {self.gallery.index_kind!r}")
@@ -72,7 +75,8 @@ class Profile:
     @property
     def fusion_location(self) -> str:
         # A built-in name stays a name, whatever folders the current directory holds.
-        return self.fusion if self.fusion in FUSIONS else self.resolve(self.fusion)
+        return (self.fusion if self.fusion in BUILT_IN or self.fusion == AUTO
+                else self.resolve(self.fusion))
 
     @property
     def gallery_folder(self) -> Path:

@@ -1,4 +1,4 @@
-"""Retrieval metrics over score matrices and latency summaries."""
+"""Retrieval metrics over score matrices, dialog rank curves (ChatIR), and latency summaries."""
 
 from __future__ import annotations
 
@@ -19,3 +19,23 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1e3
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(ms.mean()), "n": len(ms)}
+
+
+# The ChatIR protocol (DESIGN.md "Evaluation"). `ranks` [N, R]: the target's 0-based rank in
+# the whole corpus for dialog i at round r.
+
+def cumulative_hits(ranks: np.ndarray, k: int) -> np.ndarray:
+    """[R] percent of dialogs whose target was in the top k at any round <= r."""
+    return (np.minimum.accumulate(ranks, axis=1) < k).mean(0) * 100
+
+
+def bri(ranks: np.ndarray) -> float:
+    """PlugIR's Best log Rank Integral: the area under log(1 + best 1-based rank so far),
+    by the trapezoid rule over rounds; lower is better."""
+    best = np.log1p(np.minimum.accumulate(ranks, axis=1) + 1)
+    return float(((best[:, :-1] + best[:, 1:]) / 2).mean())
+
+
+def degradation(ranks: np.ndarray, text_ranks: np.ndarray) -> np.ndarray:
+    """[R] percent of dialogs whose target this method ranks worse than text-only does."""
+    return (ranks > text_ranks).mean(0) * 100

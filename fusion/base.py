@@ -41,6 +41,9 @@ class Fusion(ABC):
     def __call__(self, t: np.ndarray, g: np.ndarray | None, rounds: np.ndarray) -> Fused:
         """t [N, D], g [N, D] (None only when `uses_image` is False), rounds [N]."""
 
+    def check_encoder(self, identity: str, dim: int) -> None:  # noqa: B027 (optional hook)
+        """Refuse an encoder whose embeddings this fusion cannot fuse (learned ones only)."""
+
     def config(self) -> dict:
         return {}
 

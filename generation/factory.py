@@ -17,6 +17,7 @@ class GeneratorSpec:
     steps: int = 8
     guidance: float = 3.0
     seed: int = 0
+    samples: int = 1  # K pseudo-images per turn (one batched call); g = their mean embedding
     size: int | None = None  # hub pipelines only; None = the model's default
 
 

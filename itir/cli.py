@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from itir.errors import run_explained
 
@@ -37,10 +38,41 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_fusion(args: argparse.Namespace) -> int:
+    from evaluation.train_fusion import reproduce
+
+    torch_threads(args.threads)
+    best = reproduce(args.out, _profile(args), args.dialogs, args.val_dialogs, args.steps,
+                     args.limit, args.val_limit, lr=args.lr, resume=args.resume)
+    print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evaluation import chatir
+
+    torch_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    result = chatir.run(_profile(args), args.dialogs, methods, args.corpus, args.images,
+                        args.limit, args.k, tuple(args.control))
+    print(chatir.markdown_table(result))
+    for control, rows in result.get("controls", {}).items():
+        print(f"\ncontrol {control}:")
+        print(chatir.markdown_table({"methods": rows}))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        print(f"wrote {chatir.plot(result, args.plot)}", file=sys.stderr)
+    return 0
+
+
 def cmd_world_build(args: argparse.Namespace) -> int:
     from world.build import build_split
 
-    out = build_split(args.n, args.split, args.out, size=args.size, first=args.first)
+    out = build_split(args.n, args.split, args.out, size=args.size, first=args.first,
+                      wrong_answers=args.wrong_answers)
     print(f"wrote {args.split} scenes {args.first}..{args.first + args.n - 1} to {out} "
           "(scenes.jsonl, dialogs.json, corpus.json)")
     return 0
@@ -221,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="index of the first scene in the split (any range of seeds)")
     wb.add_argument("--out", required=True)
     wb.add_argument("--size", type=positive_int, default=128)
+    wb.add_argument("--wrong-answers", type=float, default=0.0, metavar="FRACTION",
+                    help="answer falsely this often (a robustness control), e.g. 0.2")
     wb.set_defaults(func=cmd_world_build)
 
     ix = with_profile(sub.add_parser("index", help="index (or add to the index) a folder"))
@@ -289,6 +323,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")
     g.set_defaults(func=cmd_train_generator)
+
+    f = with_profile(sub.add_parser("train-fusion", help="train ADaFuSE on dialog files"))
+    f.add_argument("--dialogs", required=True, help="training dialogs (ChatIR JSON)")
+    f.add_argument("--val-dialogs", required=True, help="validation dialogs (ChatIR JSON)")
+    f.add_argument("--limit", type=positive_int, default=None, help="first N train dialogs")
+    f.add_argument("--val-limit", type=positive_int, default=None)
+    f.add_argument("--steps", type=positive_int, default=4000)
+    f.add_argument("--lr", type=float, default=5e-5)
+    f.add_argument("--out", default="assets/world-adafuse")
+    f.add_argument("--threads", type=positive_int, default=2)
+    f.add_argument("--resume", action="store_true", help="continue the run in --out")
+    f.set_defaults(func=cmd_train_fusion)
+
+    ev = with_profile(sub.add_parser(
+        "eval", help="compare fusions on a dialog file (ChatIR protocol)"))
+    ev.add_argument("--dialogs", required=True, help="ChatIR dialog JSON")
+    ev.add_argument("--corpus", default=None, help="corpus JSON (default: corpus.json beside "
+                    "the dialogs, else their targets)")
+    ev.add_argument("--images", default=None, metavar="ROOT",
+                    help="image paths resolve against ROOT (default: the dialog file's folder)")
+    ev.add_argument("--methods", default="text,image,dar,add",
+                    help="comma-separated: text, image, dar, add, adafuse, or checkpoint folders")
+    ev.add_argument("--limit", type=positive_int, default=None, help="first N dialogs")
+    ev.add_argument("--k", type=positive_int, default=1, help="pseudo-images per round")
+    ev.add_argument("--control", action="append", default=[],
+                    help="also run under a control: shuffled, unrelated:0.3 (repeatable)")
+    ev.add_argument("--json", default=None, metavar="OUT")
+    ev.add_argument("--plot", default=None, metavar="PNG")
+    ev.add_argument("--threads", type=positive_int, default=2)
+    ev.set_defaults(func=cmd_eval)
     return p
 
 

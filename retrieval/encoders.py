@@ -21,7 +21,9 @@ from retrieval.world_encoder import WorldDualEncoder
 
 class Encoder(Protocol):
     identity: str
+    image_identity: str  # the image side alone: what image embeddings depend on
     dim: int
+    num_parameters: int  # every weight used to embed, frozen text tower included
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
@@ -67,6 +69,11 @@ class WorldEncoder:
         self.dim = cfg.embed_dim
         self.image_size = cfg.image_size
         self.identity = f"world:{folder.name}@{tensor_digest(self.model.state_dict())}"
+        # A text-head fine-tune (`itir train-encoder --init`) leaves image embeddings as they
+        # were; caches of them are keyed by this, so they survive it.
+        self.image_identity = f"world-image@{tensor_digest(self.model.image.state_dict())}"
+        self.num_parameters = sum(p.numel() for m in (self.model, text_tower.model)
+                                  for p in m.parameters())
 
     @torch.no_grad()
     def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -115,7 +122,8 @@ class TransformersEncoder:
         self.model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.identity = f"{self.kind}:{location}"
+        self.identity = self.image_identity = f"{self.kind}:{location}"
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
 
     def _load(self, location: str) -> None:
         raise NotImplementedError

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fusion import DAR, FUSIONS, Add, TextOnly, load_fusion
+from fusion import BUILT_IN, DAR, Add, TextOnly, load_fusion
 
 
 def unit(n, d, seed):
@@ -38,7 +38,7 @@ def test_fusions_save_and_load_as_checkpoint_folders(tmp_path):
     assert isinstance(loaded, DAR) and loaded == custom
     t, g = unit(2, 8, 0), unit(2, 8, 1)
     assert np.allclose(loaded(t, g, [2, 3]).query, custom(t, g, [2, 3]).query)
-    for name, cls in FUSIONS.items():
+    for name, cls in BUILT_IN.items():
         assert isinstance(load_fusion(name), cls)
         cls().save_pretrained(tmp_path / name)
         assert isinstance(load_fusion(tmp_path / name), cls)

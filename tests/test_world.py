@@ -65,9 +65,18 @@ def test_dialog_is_chatir_shaped_and_answers_from_ground_truth():
             if question == "how many objects are there":
                 assert answer == ["one", "two", "three", "four"][len(s.objects) - 1]
             if question.startswith("is there a ") and answer in ("yes", "no"):
-                shape = question.removeprefix("is there a ")
-                assert (answer == "yes") == any(o.shape == shape for o in s.objects)
+                *colour, shape = question.removeprefix("is there a ").split(" ")
+                assert (answer == "yes") == any(
+                    o.shape == shape and colour in ([], [o.colour]) for o in s.objects)
         assert round_query(dialog, 2) == ", ".join(dialog[:3])
+
+
+def test_dialog_never_asks_a_yes_no_question_twice():
+    # Test scene 0 once asked "is there a circle?" twice, a wasted round.
+    for i in range(300):
+        dialog = make_dialog(sample_scene(split_seed("test", i)))
+        yes_no = [t for t in dialog[1:] if t.endswith(("? yes", "? no"))]
+        assert len(yes_no) == len(set(yes_no))
 
 
 def test_rendered_colours_match_ground_truth():
@@ -186,3 +195,15 @@ def test_a_file_is_not_a_build_folder(tmp_path):
     (tmp_path / "world").write_text("a file")
     with pytest.raises(ValueError, match="is a file; pick an empty or new folder"):
         build_split(1, "test", tmp_path / "world", size=16)
+
+
+def test_wrong_answers_change_only_answers_and_only_when_asked_for():
+    scene = sample_scene(split_seed("test", 5))
+    honest, lying = make_dialog(scene), make_dialog(scene, wrong=0.5)
+    assert make_dialog(scene, wrong=0.0) == honest
+    questions = [t.split("? ", 1)[0] for t in honest[1:]]
+    assert [t.split("? ", 1)[0] for t in lying[1:]] == questions
+    changed = sum(a != b for a, b in zip(honest[1:], lying[1:]))
+    assert 2 <= changed <= 8
+    assert all(make_dialog(sample_scene(i), wrong=1.0)[1:] != make_dialog(sample_scene(i))[1:]
+               for i in range(20))

@@ -36,7 +36,12 @@ def _reply(result: TurnResult) -> str:
 
 def _decision(result: TurnResult) -> str:
     parts = []
+    lam = result.decision.get("lambda")
+    if lam is not None:  # ADaFuSE's gate: how far this turn trusts the text over the image
+        parts.append(f"gate λ {lam:.2f} (text {lam:.0%} · pseudo-image {1 - lam:.0%})")
     for key, value in result.decision.items():
+        if key == "lambda":
+            continue
         shown = ", ".join(f"{v:.2f}" for v in value) if isinstance(value, list) else f"{value:.2f}"
         parts.append(f"{key.replace('_', ' ')} {shown}")
     return f"{result.fusion} ({'; '.join(parts)})" if parts else result.fusion

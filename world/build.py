@@ -35,7 +35,8 @@ _IMAGE_NAME = re.compile(rf"({'|'.join(SPLITS)})-\d{{6,}}\.png")
 
 
 def build_split(n: int, split: str, out: str | Path, size: int = 128,
-                progress: Callable[[int, int], None] | None = None, first: int = 0) -> Path:
+                progress: Callable[[int, int], None] | None = None, first: int = 0,
+                wrong_answers: float = 0.0) -> Path:
     """Render scenes `first`..`first+n-1` of `split` into `out`, replacing an earlier build.
 
     `out` must be new, empty or an earlier world build. Images keep the scene's index in the
@@ -45,6 +46,8 @@ def build_split(n: int, split: str, out: str | Path, size: int = 128,
         raise ValueError(f"--n must be at least 1, got {n}")
     if first < 0:
         raise ValueError(f"--first must be at least 0, got {first}")
+    if not 0 <= wrong_answers <= 1:
+        raise ValueError(f"--wrong-answers is a fraction in [0, 1], got {wrong_answers}")
     split_seed(split, first + n - 1)  # an unknown split or a range past its end fails now
     out = Path(out)
     _check_replaceable(out)
@@ -53,7 +56,7 @@ def build_split(n: int, split: str, out: str | Path, size: int = 128,
     # `out` itself in place: its permissions, a symlink to it, a shell sitting in it.
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
-        _write_split(staging, range(first, first + n), split, size, progress)
+        _write_split(staging, range(first, first + n), split, size, progress, wrong_answers)
         _move_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # and with it the earlier images
@@ -95,7 +98,7 @@ def _foreign_entries(out: Path) -> list[str]:
 
 
 def _write_split(folder: Path, indices: range, split: str, size: int,
-                 progress: Callable[[int, int], None] | None) -> None:
+                 progress: Callable[[int, int], None] | None, wrong: float = 0.0) -> None:
     (folder / "images").mkdir()
     records = []
     for done, i in enumerate(tqdm(indices, desc=f"world {split}", unit="scene"), 1):
@@ -103,7 +106,8 @@ def _write_split(folder: Path, indices: range, split: str, size: int,
         rel = f"images/{split}-{i:06d}.png"
         render(scene, size).save(folder / rel)
         records.append({"img": rel, "seed": scene.seed, "scene": scene.to_dict(),
-                        "caption": full_caption(scene), "dialog": make_dialog(scene)})
+                        "caption": full_caption(scene),
+                        "dialog": make_dialog(scene, wrong=wrong)})
         if progress:
             progress(done, len(indices))
     (folder / "dialogs.json").write_text(json.dumps(

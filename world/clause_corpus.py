@@ -87,6 +87,7 @@ def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
 def cached_clause_corpus(n: int, split: str, tower, image_size: int,
                          cache_dir: str | Path) -> ClauseCorpus:
     """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
-    path = Path(cache_dir) / f"clauses-{split}-{n}-{image_size}px.pt"
+    # v2: broad training vocabulary; the version keeps an older cache from being read.
+    path = Path(cache_dir) / f"clauses-v2-{split}-{n}-{image_size}px.pt"
     return cached(path, lambda: build_clause_corpus(n, split, tower, image_size),
                   ClauseCorpus.load)

@@ -119,6 +119,7 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v2: with free descriptions. The version keeps an older cache from being read as this.
-    path = Path(cache_dir) / f"corpus-v2-{split}-{n}-{image_size}px.pt"
+    # v3: broad training vocabulary (v2: the first free descriptions). The version keeps an
+    # older cache from being read as this one.
+    path = Path(cache_dir) / f"corpus-v3-{split}-{n}-{image_size}px.pt"
     return cached(path, lambda: build_corpus(n, split, tower, image_size), Corpus.load)

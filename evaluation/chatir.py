@@ -1,0 +1,171 @@
+"""Compare fusions on a dialog benchmark by the ChatIR protocol (DESIGN.md "Evaluation").
+
+Every method ranks the target in the whole corpus at every round from the same cached
+embeddings (evaluation/dialog_set.py), so differences between methods are the methods'
+alone. `image` is the pseudo-image by itself; every other name is a `Fusion`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.dialog_set import DialogEmbeddings
+from evaluation.metrics import bri, cumulative_hits, degradation, target_ranks
+from fusion import Fusion
+
+KS = (1, 5, 10)
+
+
+def method_ranks(emb: DialogEmbeddings, method: Fusion | str, k: int = 1,
+                 image: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The target's rank [N, R] under `method`, and its mean decision per round.
+
+    `image` [N, R, D] replaces the pseudo-image embeddings (controls: shuffled, corrupted)."""
+    n, rounds, _ = emb.text.shape
+    g = image if image is not None else (emb.pseudo(k) if emb.image is not None else None)
+    ranks = np.zeros((n, rounds), np.int64)
+    decisions: dict[str, list] = {}
+    for r in range(rounds):
+        if method == "image":
+            query = g[:, r]
+        else:
+            fused = method(emb.text[:, r], None if g is None else g[:, r], np.full(n, r))
+            query = fused.query
+            for key, value in fused.decision.items():
+                decisions.setdefault(key, []).append(
+                    np.asarray(value, np.float64).mean(0).round(4).tolist())
+        ranks[:, r] = target_ranks(query @ emb.corpus.T, emb.targets)
+    return ranks, decisions
+
+
+def summarise(ranks: np.ndarray, text_ranks: np.ndarray) -> dict:
+    worse = degradation(ranks, text_ranks)
+    return {**{f"hits@{k}": cumulative_hits(ranks, k).round(2).tolist() for k in KS},
+            "bri": round(bri(ranks), 4),
+            "degradation": round(float(worse.mean()), 2),
+            "degradation_by_round": worse.round(2).tolist()}
+
+
+def compare(emb: DialogEmbeddings, methods: dict[str, Fusion | str], k: int = 1,
+            image: np.ndarray | None = None) -> dict:
+    """{"dialogs": N, "corpus": M, "methods": {name: summary}} (text-only is the reference
+    for the degradation rate and is always computed)."""
+    from fusion import TextOnly
+
+    text_ranks, _ = method_ranks(emb, TextOnly())
+    out = {"dialogs": len(emb.targets), "corpus": len(emb.corpus), "k": k, "methods": {}}
+    for name, method in methods.items():
+        ranks, decisions = method_ranks(emb, method, k, image)
+        out["methods"][name] = {**summarise(ranks, text_ranks), **(
+            {"mean_decision_by_round": decisions} if decisions else {})}
+    return out
+
+
+def markdown_table(result: dict, rounds: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10)) -> str:
+    """Cumulative Hits@1/5/10 at some rounds, BRI and degradation, one row per method."""
+    head = " | ".join(f"r{r} @1/@5/@10" for r in rounds)
+    lines = [f"| method | {head} | BRI | worse than text |",
+             "|---" * (len(rounds) + 3) + "|"]
+    for name, m in result["methods"].items():
+        cells = " | ".join("/".join(f"{m[f'hits@{k}'][r]:.1f}" for k in KS) for r in rounds)
+        lines.append(f"| {name} | {cells} | {m['bri']:.3f} | {m['degradation']:.1f}% |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, out: str | Path, title: str = "") -> Path:
+    """Hits@10 and Hits@1 against round, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.plots import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, k in zip(axes, (10, 1)):
+        for name, m in result["methods"].items():
+            ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], marker="o", ms=3, label=name)
+        ax.set(xlabel="round", ylabel=f"cumulative Hits@{k} (%)", title=f"Hits@{k}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title or f"{result['dialogs']} dialogs, corpus of {result['corpus']}")
+    return save_figure(fig, out)
+
+
+def controlled_images(emb: DialogEmbeddings, control: str, k: int = 1,
+                      seed: int = 0) -> np.ndarray:
+    """Pseudo-image embeddings [N, R, D] under a control:
+    `shuffled`: every dialog gets another dialog's pseudo-images (a gain that survives this
+    does not come from the image); `unrelated:F`: a fraction F of (dialog, round) pairs get
+    the pseudo-image of another dialog's same round."""
+    g = emb.pseudo(k)
+    rng = np.random.default_rng(seed)
+    n = len(g)
+    other = (np.arange(n) + rng.integers(1, n, n)) % n  # never the dialog itself
+    if control == "shuffled":
+        return g[other]
+    if control.startswith("unrelated:"):
+        fraction = float(control.split(":", 1)[1])
+        swap = rng.random(g.shape[:2]) < fraction
+        return np.where(swap[..., None], g[other], g)
+    raise ValueError(f"unknown control {control!r}: shuffled or unrelated:FRACTION")
+
+
+def needs_image(name: str) -> bool:
+    from fusion import BUILT_IN
+
+    return name != "text" and (name not in BUILT_IN or BUILT_IN[name].uses_image)
+
+
+def resolve_methods(names: list[str], profile, encoder) -> dict[str, Fusion | str]:
+    """Built-in fusions by name, `image`, `adafuse` (the profile's ADaFuSE: its checkpoint
+    folder, or with `fusion = "auto"` the one trained for `encoder`), or checkpoint folders."""
+    from engine.factory import auto_fusion
+    from fusion import ADaFuSE, load_fusion
+    from fusion.factory import AUTO
+
+    methods: dict[str, Fusion | str] = {}
+    for name in names:
+        if name == "image":
+            methods[name] = "image"
+        elif name == "adafuse":
+            auto = profile.fusion_location == AUTO
+            fusion = auto_fusion(encoder) if auto else load_fusion(profile.fusion_location)
+            if not isinstance(fusion, ADaFuSE):
+                raise ValueError(
+                    f"profile {profile.name!r} has no ADaFuSE checkpoint for encoder "
+                    f"{encoder.identity!r} (its fusion is {profile.fusion!r}): name a "
+                    "checkpoint folder in --methods, set --set fusion=FOLDER, or train one "
+                    "with `itir train-fusion`")
+            methods[name] = fusion
+        else:
+            methods[name] = load_fusion(name)
+        if methods[name] != "image":
+            methods[name].check_encoder(encoder.identity, encoder.dim)
+    return methods
+
+
+def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
+        images_root=None, limit: int | None = None, k: int = 1,
+        controls: tuple[str, ...] = ()) -> dict:
+    """Rank every dialog's target at every round under each method (and control)."""
+    from engine.factory import load_models
+    from evaluation.dialog_set import embed_dialog_set, read_dialog_set
+
+    ds = read_dialog_set(dialogs_file, corpus_file, images_root, limit)  # bad files: at once
+    drawing = any(needs_image(m) for m in methods)
+    models = load_models(profile, with_generator=drawing)
+    resolved = resolve_methods(methods, profile, models.encoder)
+    if drawing and models.generator is None:
+        raise ValueError(f"profile {profile.name!r} has no generator, so only `text` can run")
+    emb = embed_dialog_set(ds, models.encoder, models.generator if drawing else None,
+                           k=k, seed=profile.generator.seed)
+    result = {"dialog_file": str(dialogs_file), "encoder": models.encoder.identity,
+              **compare(emb, resolved, k)}
+    if drawing:
+        result["generator"] = models.generator.identity
+        result["controls"] = {c: compare(emb, resolved, k, controlled_images(emb, c, k))
+                              ["methods"] for c in controls}
+    return result

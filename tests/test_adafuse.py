@@ -1,0 +1,135 @@
+"""ADaFuSE: the head's contract, its checkpoint, its training, and the ChatIR metrics."""
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.metrics import bri, cumulative_hits, degradation
+from evaluation.train_fusion import chatir_validation
+from fusion import ADaFuSE, ADaFuSEConfig, FusionMismatchError, load_fusion
+from fusion.adafuse import BUDGET, ADaFuSEHead
+from fusion.train_adafuse import FusionTrainConfig, fusion_batches, fusion_loss, train_adafuse
+
+
+def unit(*shape, seed=0):
+    x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def small_head(seed=0, encoder="enc@1", dim=16):
+    torch.manual_seed(seed)
+    return ADaFuSEHead(ADaFuSEConfig(dim=dim, proj=16, hidden=32, experts=4, encoder=encoder))
+
+
+def test_gate_in_unit_interval_expert_weights_sum_to_one_and_query_unit_norm():
+    fused = ADaFuSE(small_head())(unit(5, 16), unit(5, 16, seed=1), np.arange(5))
+    lam, experts = fused.decision["lambda"], fused.decision["experts"]
+    assert lam.shape == (5,) and ((lam > 0) & (lam < 1)).all()
+    assert experts.shape == (5, 4) and np.allclose(experts.sum(1), 1, atol=1e-6)
+    assert np.allclose(np.linalg.norm(fused.query, axis=1), 1, atol=1e-5)
+    row = fused.row(0)
+    assert set(row) == {"lambda", "experts"} and len(row["experts"]) == 4
+
+
+def test_gradients_reach_only_the_fusion_head():
+    encoder = torch.nn.Linear(8, 16)  # stands in for a frozen encoder
+    encoder.requires_grad_(False)
+    head = small_head()
+    x = torch.randn(6, 8)
+    t, g = encoder(x), encoder(x.flip(0))
+    loss = fusion_loss(head, {"t": t, "g": g, "x": torch.nn.functional.normalize(t, dim=-1)})
+    loss.backward()
+    assert all(p.grad is None for p in encoder.parameters())
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_sizes_follow_the_encoder_and_stay_within_budget():
+    world = ADaFuSEConfig.for_encoder(256, 24_500_000)  # MiniLM + world towers
+    assert (world.proj, world.hidden) == (256, 512)
+    assert ADaFuSEHead.count(world) <= BUDGET * 24_500_000
+    blip = ADaFuSEConfig.for_encoder(256, 224_000_000)  # the paper's sizes for BLIP
+    assert (blip.proj, blip.hidden) == (512, 2048)
+    head = ADaFuSEHead(world)
+    assert sum(p.numel() for p in head.parameters()) == ADaFuSEHead.count(world)
+
+
+def test_checkpoint_round_trips_and_refuses_another_encoder(tmp_path):
+    fusion = ADaFuSE(small_head())
+    fusion.save_pretrained(tmp_path / "ckpt")
+    loaded = load_fusion(tmp_path / "ckpt")
+    assert isinstance(loaded, ADaFuSE) and loaded.cfg == fusion.cfg
+    t, g = unit(3, 16), unit(3, 16, seed=1)
+    assert np.allclose(loaded(t, g, [0, 1, 2]).query, fusion(t, g, [0, 1, 2]).query)
+    loaded.check_encoder("enc@1", 16)
+    with pytest.raises(FusionMismatchError, match="trained on the embeddings of 'enc@1'"):
+        loaded.check_encoder("enc@2", 16)
+    with pytest.raises(FusionMismatchError, match="16-d"):
+        loaded.check_encoder("enc@1", 32)
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_fusion(tmp_path / "ckpt")
+
+
+def synthetic_dialogs(n=96, rounds=4, dim=16, seed=0):
+    """Targets x; text t = x + noise that shrinks with the round; the pseudo-image g = x +
+    independent noise: fusing both beats either alone."""
+    from evaluation.dialog_set import DialogEmbeddings
+
+    rng = np.random.default_rng(seed)
+    x = unit(n, dim, seed=seed)
+    noise = lambda s: rng.normal(size=(n, rounds, dim)) * s  # noqa: E731
+    t = x[:, None] + noise(np.linspace(1.2, 0.4, rounds)[None, :, None])
+    g = x[:, None] + noise(0.8)
+    t /= np.linalg.norm(t, axis=-1, keepdims=True)
+    g /= np.linalg.norm(g, axis=-1, keepdims=True)
+    return DialogEmbeddings(t.astype(np.float32), g[:, :, None].astype(np.float16), x,
+                            np.arange(n))
+
+
+def test_a_few_training_steps_lower_the_loss_and_keep_the_best_validation_weights():
+    train_emb, val_emb = synthetic_dialogs(seed=0), synthetic_dialogs(seed=1)
+    cfg = FusionTrainConfig(steps=60, batch_size=32, lr=3e-3, warmup=5, eval_every=20,
+                            log_every=10, ema_decay=None)
+    model_cfg = ADaFuSEConfig(dim=16, proj=16, hidden=32)
+    arrays = train_emb.text, train_emb.pseudo(1), train_emb.corpus[train_emb.targets]
+    fixed = fusion_batches(*arrays, 32)(torch.Generator().manual_seed(123))
+    torch.manual_seed(0)
+    before = fusion_loss(ADaFuSEHead(model_cfg).eval(), fixed).item()
+    fusion, log, best = train_adafuse(*arrays, model_cfg, cfg, chatir_validation(val_emb))
+    after = fusion_loss(fusion.head.eval(), fixed).item()
+    assert after < before - 0.3
+    scores = {e["step"]: e["val_score"] for e in log if "val_score" in e}
+    assert set(scores) == {20, 40, 60} and scores[best["step"]] == max(scores.values())
+    # the weights kept are those of the best validation, not the last step's
+    assert chatir_validation(val_emb)(fusion)[0] == pytest.approx(best["score"], abs=1e-3)
+
+
+def test_cumulative_hits_bri_and_degradation_by_hand():
+    # 0-based ranks of 3 dialogs over 3 rounds; dialog 2 is never found in the top 10.
+    ranks = np.array([[3, 0, 5],
+                      [12, 9, 0],
+                      [50, 40, 45]])
+    assert cumulative_hits(ranks, 1).tolist() == pytest.approx([0, 100 / 3, 200 / 3])
+    assert cumulative_hits(ranks, 10).tolist() == pytest.approx([100 / 3, 200 / 3, 200 / 3])
+    # best 1-based ranks so far: [4, 1, 1], [13, 10, 1], [51, 41, 41]
+    best = np.log1p(np.array([[4, 1, 1], [13, 10, 1], [51, 41, 41]]))
+    assert bri(ranks) == pytest.approx(((best[:, :-1] + best[:, 1:]) / 2).mean())
+    text = np.array([[3, 1, 5], [12, 9, 1], [50, 39, 45]])
+    # worse than text: round 0 none (ties do not count), round 1 dialog 2, round 2 none
+    assert degradation(ranks, text).tolist() == pytest.approx([0, 100 / 3, 0])
+
+
+def test_auto_fusion_finds_the_checkpoint_trained_for_the_encoder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from engine.factory import auto_fusion
+    from fusion import TextOnly
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path))
+    ADaFuSE(small_head(encoder="enc@other")).save_pretrained(tmp_path / "fusions" / "a")
+    (tmp_path / "fusions" / "broken").mkdir()
+    (tmp_path / "fusions" / "broken" / "fusion_config.json").write_text("{oops")
+    assert isinstance(auto_fusion(SimpleNamespace(identity="enc@1", dim=16)), TextOnly)
+    ADaFuSE(small_head(encoder="enc@1")).save_pretrained(tmp_path / "fusions" / "b")
+    found = auto_fusion(SimpleNamespace(identity="enc@1", dim=16))
+    assert isinstance(found, ADaFuSE) and found.cfg.encoder == "enc@1"

@@ -1,0 +1,102 @@
+"""Dialog files in ChatIR's format, their embedding caches, and `itir eval`."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.dialog_set import DialogFileError, chunked, read_dialog_set
+
+DATA = Path(__file__).parent / "data" / "chatir"  # 5-dialog excerpts, ChatIR's MIT licence
+FULL = Path(os.environ.get("ITIR_CHATIR_DIR", Path(__file__).parents[2] / "shared" / "data"
+                           / "chatir"))
+
+
+def check_chatir(folder: Path, n: int):
+    for name in ("VisDial_v1.0_queries_val.json", "ChatGPT_BLIP2.json"):
+        ds = read_dialog_set(folder / name, folder / "Search_Space_val_50k.json")
+        assert len(ds.dialogs) == n and ds.rounds == 11
+        assert all(len(d) == 11 and all(isinstance(t, str) for t in d) for d in ds.dialogs)
+        raw = json.loads((folder / name).read_text())
+        assert [ds.corpus[i] for i in ds.targets] == [item["img"] for item in raw]
+        from dialog.query import chatir_query
+
+        # ChatIR's round-r query is ", ".join(dialog[:r + 1]).
+        assert chatir_query(raw[0]["dialog"][:4]) == ", ".join(raw[0]["dialog"][:4])
+
+
+def test_chatir_excerpts_parse():
+    check_chatir(DATA, 5)
+
+
+@pytest.mark.skipif(not FULL.is_dir(), reason=f"ChatIR's full files are not at {FULL}")
+def test_chatir_files_parse_into_2064_dialogs_of_11_strings():
+    check_chatir(FULL, 2064)
+
+
+def test_bad_dialog_files_say_what_is_wrong(tmp_path):
+    bad = tmp_path / "d.json"
+    bad.write_text("{not json")
+    with pytest.raises(DialogFileError, match="is not JSON"):
+        read_dialog_set(bad)
+    bad.write_text(json.dumps([{"img": "a.png", "dialog": "a caption"}]))
+    with pytest.raises(DialogFileError, match="entry 0 is not"):
+        read_dialog_set(bad)
+    bad.write_text(json.dumps([{"img": "a.png", "dialog": ["x", "q? a"]},
+                               {"img": "b.png", "dialog": ["y"]}]))
+    with pytest.raises(DialogFileError, match="entry 1 has 1 strings"):
+        read_dialog_set(bad)
+    bad.write_text(json.dumps([{"img": "a.png", "dialog": ["x"]}]))
+    (tmp_path / "c.json").write_text(json.dumps(["b.png"]))
+    with pytest.raises(DialogFileError, match="not in the corpus"):
+        read_dialog_set(bad, tmp_path / "c.json")
+    with pytest.raises(DialogFileError, match="not found"):
+        read_dialog_set(tmp_path / "missing.json")
+
+
+def test_chunks_are_saved_as_they_finish_and_reused(tmp_path):
+    calls = []
+
+    def compute(a, b):
+        calls.append((a, b))
+        return np.arange(a, b)[:, None].astype(np.float32)
+
+    # A limit that ends inside a chunk still computes (and saves) the whole chunk ...
+    out = chunked(tmp_path, 5, 4, compute, "test", total=10)
+    assert out[:, 0].tolist() == [0, 1, 2, 3, 4] and calls == [(0, 4), (4, 8)]
+    # ... so a later, larger run reuses both and computes only what is new.
+    out = chunked(tmp_path, 10, 4, compute, "test", total=10)
+    assert out[:, 0].tolist() == list(range(10)) and calls[2:] == [(8, 10)]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys):
+    """`itir eval` end to end with the shipped world models on three dialogs."""
+    from itir.cli import main
+    from world.build import build_split
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path / "home"))
+    build_split(12, "test", tmp_path / "w", size=32)
+    out = tmp_path / "r.json"
+    args = ["eval", "--dialogs", str(tmp_path / "w" / "dialogs.json"), "--limit", "3",
+            "--methods", "text,image,dar,add", "--json", str(out), "--plot",
+            str(tmp_path / "r.png"), "--control", "shuffled", "--set", "generator.steps=2"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| dar |" in table and "control shuffled" in table
+    result = json.loads(out.read_text())
+    assert result["dialogs"] == 3 and result["corpus"] == 12
+    for name in ("text", "image", "dar", "add"):
+        m = result["methods"][name]
+        assert all(len(m[f"hits@{k}"]) == 11 for k in (1, 5, 10))
+        assert all(a <= b for a, b in zip(m["hits@10"], m["hits@10"][1:]))  # cumulative
+        assert m["bri"] >= 0 and 0 <= m["degradation"] <= 100
+    assert result["methods"]["text"]["degradation"] == 0
+    assert result["methods"]["dar"]["mean_decision_by_round"]["w_text"][:3] == [0.8, 0.8, 0.5]
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert set(result["controls"]["shuffled"]) == {"text", "image", "dar", "add"}
+    # The caches make a second run cheap, and an ADaFuSE that is not there is explained.
+    assert main([*args[:5], "--methods", "adafuse"]) == 2
+    assert "has no ADaFuSE checkpoint for encoder" in capsys.readouterr().err
