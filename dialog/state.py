@@ -47,8 +47,11 @@ class Outcome:
 
 @dataclass
 class DialogState:
+    session_id: str = ""  # set by the first turn; names the session's record
     turns: list[Turn] = field(default_factory=list)
     question: str | None = None  # asked by the system, not answered yet
+    options: list[str] = field(default_factory=list)  # answers offered for `question`
+    asked: list[str] = field(default_factory=list)  # ids of the questions asked so far
     clicks: list[Click] = field(default_factory=list)
     outcome: Outcome | None = None
 
@@ -61,14 +64,31 @@ class DialogState:
     def texts(self) -> list[str]:
         return [t.text for t in self.turns]
 
+    def marked(self, kind: ClickKind) -> list[str]:
+        """Paths marked `kind` so far, without repeats, latest mark per path winning."""
+        latest = {c.path: c.kind for c in self.clicks}
+        return [p for p, k in latest.items() if k == kind]
+
     def query(self, reformulate=chatir_query) -> str:
         return reformulate(self.texts)
 
-    def with_message(self, message: str) -> DialogState:
-        """A copy with `message` added as the next turn, answering the open question."""
+    def answers_question(self, message: str) -> bool:
+        """Whether a typed message reads as the answer to the open question: one of the
+        offered answers, or a few words ("blue", "near the top"). A longer message is a new
+        description, and the question is left unanswered rather than glued to it."""
+        if not self.question:
+            return False
+        words = message.lower().strip(" .!?").split()
+        return " ".join(words) in [o.lower() for o in self.options] or len(words) <= 3
+
+    def with_message(self, message: str, answer: bool | None = None) -> DialogState:
+        """A copy with `message` added as the next turn. `answer`: whether it answers the
+        open question (a clicked answer button says so); None decides by
+        `answers_question`."""
+        answer = self.answers_question(message) if answer is None else answer
         new = copy.deepcopy(self)
-        new.turns.append(Turn(message, self.question))
-        new.question = None
+        new.turns.append(Turn(message, self.question if answer else None))
+        new.question, new.options = None, []
         return new
 
     def to_dict(self) -> dict:
@@ -78,8 +98,10 @@ class DialogState:
     def from_dict(cls, d: dict | None) -> DialogState:
         d = d or {}
         outcome = d.get("outcome")
-        return cls(turns=[Turn(**t) for t in d.get("turns", [])],
-                   question=d.get("question"),
+        return cls(session_id=d.get("session_id", ""),
+                   turns=[Turn(**t) for t in d.get("turns", [])],
+                   question=d.get("question"), options=list(d.get("options", [])),
+                   asked=list(d.get("asked", [])),
                    clicks=[Click(**c) for c in d.get("clicks", [])],
                    outcome=Outcome(**outcome) if outcome else None)
 

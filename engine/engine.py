@@ -16,6 +16,8 @@ from PIL import Image
 
 from dialog import DialogState, get_reformulation
 from engine.profile import Profile
+from engine.questioner import Asked, Questioner
+from engine.recorder import Recorder
 from engine.session import SearchSession
 from fusion import Fusion, TextOnly
 from generation.base import GenerationError, Generator
@@ -28,6 +30,7 @@ class Hit:
     rank: int
     path: str
     score: float
+    id: int = -1  # the index's id of the image
 
 
 @dataclass
@@ -40,11 +43,16 @@ class TurnResult:
     decision: dict = field(default_factory=dict)  # what the fusion decided (weights, gate)
     notice: str | None = None  # something the person should know (e.g. generation failed)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    question: str | None = None  # the clarifying question the system asks next
+    question_id: str | None = None
+    options: list[str] = field(default_factory=list)  # its likeliest answers
+    query_vector: np.ndarray | None = None  # [1, D]: what the index was searched with
 
 
 class Engine:
     def __init__(self, profile: Profile, encoder: Encoder, index: VectorIndex, fusion: Fusion,
-                 generator: Generator | None = None):
+                 generator: Generator | None = None, questioner: Questioner | None = None,
+                 recorder: Recorder | None = None):
         if index.meta.encoder != encoder.identity:
             raise IndexMismatchError(f"index built with {index.meta.encoder!r}, encoder is "
                                      f"{encoder.identity!r}")
@@ -54,10 +62,30 @@ class Engine:
                              f"{profile.name!r} has no generator; use fusion 'text' or set one")
         self.profile, self.encoder, self.index = profile, encoder, index
         self.fusion, self.generator = fusion, generator
+        self.questioner, self.recorder = questioner, recorder
         self.reformulate = get_reformulation(profile.reformulation)
+        self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
 
-    def search(self, query: str, round_: int = 0, k: int | None = None) -> TurnResult:
-        """Search for one query text at dialog round `round_` (the fusion may depend on it)."""
+    @property
+    def fusions(self) -> dict[str, Fusion]:
+        """What a person may switch between: the profile's fusion and, with a generator,
+        the built-in static ones."""
+        from fusion import BUILT_IN
+
+        out = {self.fusion.name: self.fusion}
+        for name, cls in BUILT_IN.items():
+            if name not in out and (self.generator is not None or not cls.uses_image):
+                out[name] = cls()
+        return out
+
+    def search(self, query: str, round_: int = 0, k: int | None = None,
+               liked: list[str] = (), rejected: list[str] = (),
+               fusion: Fusion | None = None) -> TurnResult:
+        """Search for one query text at dialog round `round_` (the fusion may depend on it).
+
+        `liked` / `rejected`: gallery paths marked "more like this" / "not this"; the query
+        moves towards the first and away from the second (Rocchio), and rejected images are
+        never returned."""
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
@@ -70,14 +98,15 @@ class Engine:
             timings[stage] = (now - tick) * 1e3
             tick = now
 
+        chosen = fusion or self.fusion
         t = self.encoder.encode_texts([query])
         lap("encode_text")
         image, g, notice = None, None, None
-        draw = self.fusion.uses_image or self.profile.show_pseudo_image
+        draw = chosen.uses_image or self.profile.show_pseudo_image
         if self.generator is not None and draw:
             spec = self.profile.generator
             # Only a fusion that embeds the image profits from more than one sample.
-            n = spec.samples if self.fusion.uses_image else 1
+            n = spec.samples if chosen.uses_image else 1
             images = []
             try:
                 images = self.generator.generate([query], seed=spec.seed, n=n)
@@ -85,20 +114,21 @@ class Engine:
                 notice = f"No pseudo-image this turn ({e}); searching with the text alone."
             lap("generate")
             image = images[0] if images else None
-            if images and self.fusion.uses_image:
+            if images and chosen.uses_image:
                 # The mean of K samples' embeddings: what the K drawings agree on.
                 g = self.encoder.encode_images(images).mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
-        fusion = self.fusion if g is not None or not self.fusion.uses_image else TextOnly()
+        fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
         fused = fusion(t, g, np.array([round_]))
         lap("fuse")
-        hits = self._hits(fused.query, k)
+        query_vector = self._feedback(fused.query, liked, rejected)
+        hits = self._hits(query_vector, k, exclude=set(rejected))
         lap("search")
         timings["total"] = (time.perf_counter() - start) * 1e3
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
-                          timings)
+                          timings, query_vector=query_vector)
 
     def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
         """Query by example: the gallery images nearest to `image` (the encoder's space)."""
@@ -110,18 +140,62 @@ class Engine:
             raise ValueError(f"k must be at least 1, got {k}")
         return k
 
-    def _hits(self, query: np.ndarray, k: int) -> list[Hit]:
-        scores, ids = self.index.search(query, k)
-        return [Hit(r, self.index.paths[i], float(s))
-                for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+    def _hits(self, query: np.ndarray, k: int, exclude: set[str] = frozenset()) -> list[Hit]:
+        scores, ids = self.index.search(query, k + len(exclude))
+        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0])
+                 if i >= 0 and self.index.paths[i] not in exclude]
+        return [Hit(r, self.index.paths[i], s, i) for r, (s, i) in enumerate(found[:k])]
 
-    def turn(self, state: DialogState, k: int | None = None) -> TurnResult:
-        """The search for a dialog's latest round."""
+    def _vectors_of(self, paths: list[str]) -> np.ndarray:
+        if self._ids is None:
+            self._ids = {p: i for i, p in enumerate(self.index.paths)}
+        ids = [self._ids[p] for p in paths if p in self._ids]
+        return self.index.vectors_of(ids)
+
+    def _feedback(self, query: np.ndarray, liked: list[str], rejected: list[str]) -> np.ndarray:
+        """Rocchio relevance feedback in the embedding space."""
+        if not liked and not rejected:
+            return query
+        fb = self.profile.feedback
+        q = fb.alpha * query[0]
+        if liked:
+            q = q + fb.beta * self._vectors_of(liked).mean(0)
+        if rejected:
+            q = q - fb.gamma * self._vectors_of(rejected).mean(0)
+        return (q / max(np.linalg.norm(q), 1e-12))[None].astype(np.float32)
+
+    def ask(self, state: DialogState, hits: list[Hit]) -> Asked | None:
+        """The next clarifying question for what is on screen (None: nothing left to ask)."""
+        if self.questioner is None or not hits:
+            return None
+        top = hits[: self.profile.questions.top_k]
+        return self.questioner.ask(self.index.vectors_of([h.id for h in top]), state.asked)
+
+    def turn(self, state: DialogState, k: int | None = None,
+             fusion: Fusion | None = None) -> TurnResult:
+        """The search for a dialog's latest round, with its clicks, and the next question."""
         if not state.turns:
             raise ValueError("the dialog has no turn yet: say what you are looking for")
-        return self.search(state.query(self.reformulate), state.round, k)
+        result = self.search(state.query(self.reformulate), state.round, k,
+                             state.marked("more"), state.marked("less"), fusion)
+        start = time.perf_counter()
+        asked = self.ask(state, result.hits)
+        if asked is not None:
+            result.question, result.question_id = asked.question.text, asked.question.id
+            result.options = asked.options
+        result.timings_ms["question"] = (time.perf_counter() - start) * 1e3
+        result.timings_ms["total"] += result.timings_ms["question"]
+        return result
 
-    def session(self, state: DialogState | dict | None = None) -> SearchSession:
+    def session(self, state: DialogState | dict | None = None,
+                fusion: str | None = None) -> SearchSession:
+        """A person's search; `fusion` names one of `fusions` for this session only."""
         if not isinstance(state, DialogState):
             state = DialogState.from_dict(state)
-        return SearchSession(self, state)
+        chosen = None
+        if fusion:
+            if fusion not in self.fusions:
+                raise ValueError(f"unknown fusion {fusion!r}; this app offers "
+                                 f"{sorted(self.fusions)}")
+            chosen = self.fusions[fusion]
+        return SearchSession(self, state, chosen)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from engine.engine import Engine
 from engine.paths import assets_dir, home
 from engine.profile import Profile
+from engine.questioner import Questioner, load_bank
+from engine.recorder import Recorder
 from fusion import Fusion, TextOnly, load_fusion
 from fusion.factory import AUTO, find_checkpoint
 from generation import factory as generation
@@ -61,7 +63,26 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     if auto and models.generator is not None:
         fusion = auto_fusion(models.encoder)
     index = ensure_index(profile, models.encoder, progress)
-    return Engine(profile, models.encoder, index, fusion, models.generator)
+    return Engine(profile, models.encoder, index, fusion, models.generator,
+                  load_questioner(profile, models.encoder), load_recorder(profile))
+
+
+def load_recorder(profile: Profile) -> Recorder | None:
+    spec = profile.recording
+    if not spec.enabled:
+        return None
+    recorder = Recorder(spec.folder or home() / "sessions", spec.hub_dataset, spec.save_images)
+    if recorder.notice:
+        print(f"itir: {recorder.notice}", file=sys.stderr)
+    return recorder
+
+
+def load_questioner(profile: Profile, encoder: Encoder) -> Questioner | None:
+    spec = profile.questions
+    if spec.bank == "none":
+        return None
+    return Questioner(load_bank(spec.bank), encoder, spec.temperature, spec.strategy,
+                      spec.options)
 
 
 def auto_fusion(encoder: Encoder) -> Fusion:

@@ -31,6 +31,31 @@ class GallerySpec:
 
 
 @dataclass(frozen=True)
+class QuestionSpec:
+    bank: str = "world"  # profiles/questions/<bank>.toml, or a TOML path; "none": never ask
+    strategy: str = "information"  # information (splits the results) | random (baseline)
+    temperature: float = 0.05  # softmax temperature of answer-vs-result similarities
+    options: int = 3  # answer buttons offered (likeliest first), besides typing
+    top_k: int = 12  # results the question is chosen to split
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    # Rocchio: q' = alpha*q + beta*mean(liked) - gamma*mean(rejected), renormalised.
+    alpha: float = 1.0
+    beta: float = 0.6
+    gamma: float = 0.3
+
+
+@dataclass(frozen=True)
+class RecordingSpec:
+    enabled: bool = True
+    folder: str = ""  # "": ITIR_HOME/sessions
+    hub_dataset: str = ""  # e.g. "me/itir-sessions": also pushed there when HF_TOKEN is set
+    save_images: bool = True  # the pseudo-image of each turn, beside the records
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str = "world"
     device: str = "auto"  # auto = cuda, then mps, else cpu
@@ -41,6 +66,9 @@ class Profile:
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     gallery: GallerySpec = field(default_factory=GallerySpec)
+    questions: QuestionSpec = field(default_factory=QuestionSpec)
+    feedback: FeedbackSpec = field(default_factory=FeedbackSpec)
+    recording: RecordingSpec = field(default_factory=RecordingSpec)
     index: str | None = None  # None: ITIR_HOME/indexes/<name>-<gallery>.itirx
 
     def __post_init__(self):
@@ -124,9 +152,9 @@ class Profile:
         section, _, name = key.strip().rpartition(".")
         if not section:
             return _set_field(self, name, value, "profile")
-        if section not in ("encoder", "generator", "gallery"):
-            raise ValueError(f"--set {key}: unknown section {section!r}; expected encoder, "
-                             "generator or gallery")
+        if section not in SECTIONS:
+            raise ValueError(f"--set {key}: unknown section {section!r}; expected one of "
+                             f"{', '.join(SECTIONS)}")
         part = _set_field(getattr(self, section), name, value, f"[{section}]")
         return replace(self, **{section: part})
 
@@ -136,6 +164,11 @@ class Profile:
             f"{gen.kind} {gen.location} ({gen.steps} steps, guidance {gen.guidance})")
         return (f"profile {self.name}: encoder {self.encoder.kind} {self.encoder.location} · "
                 f"generator {generator} · fusion {self.fusion} · device {self.torch_device}")
+
+
+SECTIONS = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec,
+            "questions": QuestionSpec, "feedback": FeedbackSpec,
+            "recording": RecordingSpec}  # the TOML tables
 
 
 def _parse_value(raw: str):
@@ -169,8 +202,8 @@ def env_overrides(environ: dict[str, str] | None = None) -> list[str]:
     ITIR_GENERATOR_STEPS=2 or ITIR_TOP_K=5 (a Space sets them as variables). Variables that
     name no profile field (ITIR_HOME, ITIR_PROFILE) are not overrides."""
     environ = os.environ if environ is None else environ
-    top = {f.name for f in fields(Profile)} - {"encoder", "generator", "gallery"}
-    sections = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec}
+    top = {f.name for f in fields(Profile)} - set(SECTIONS)
+    sections = SECTIONS
     out = []
     for key, value in sorted(environ.items()):
         if not key.startswith("ITIR_"):
@@ -204,8 +237,7 @@ def load_profile(name_or_path: str = "world", overrides: list[str] | tuple[str, 
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path} is not valid TOML: {e}") from e
-    parts = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec}
-    for key, cls in parts.items():
+    for key, cls in SECTIONS.items():
         data[key] = _build(cls, data.get(key, {}), f"{path} [{key}]")
     profile = _build(Profile, data, str(path))
     for assignment in [*env_overrides(), *overrides]:

@@ -66,11 +66,13 @@ def compare(emb: DialogEmbeddings, methods: dict[str, Fusion | str], k: int = 1,
 def markdown_table(result: dict, rounds: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10)) -> str:
     """Cumulative Hits@1/5/10 at some rounds, BRI and degradation, one row per method."""
     head = " | ".join(f"r{r} @1/@5/@10" for r in rounds)
-    lines = [f"| method | {head} | BRI | worse than text |",
-             "|---" * (len(rounds) + 3) + "|"]
+    worse = all("degradation" in m for m in result["methods"].values())
+    lines = [f"| method | {head} | BRI |" + (" worse than text |" if worse else ""),
+             "|---" * (len(rounds) + 2 + worse) + "|"]
     for name, m in result["methods"].items():
         cells = " | ".join("/".join(f"{m[f'hits@{k}'][r]:.1f}" for k in KS) for r in rounds)
-        lines.append(f"| {name} | {cells} | {m['bri']:.3f} | {m['degradation']:.1f}% |")
+        lines.append(f"| {name} | {cells} | {m['bri']:.3f} |"
+                     + (f" {m['degradation']:.1f}% |" if worse else ""))
     return "\n".join(lines)
 
 

@@ -68,6 +68,80 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from evaluation import chatir, simulate
+
+    torch_threads(args.threads)
+    variants = []
+    for name in args.variants.split(","):
+        strategy, _, extra = name.strip().partition("+")
+        if strategy not in ("information", "random") or extra not in ("", "feedback"):
+            raise ValueError(f"unknown variant {name!r}: information, random, or either "
+                             "+feedback")
+        variants.append((strategy, extra == "feedback"))
+    result = simulate.run(_profile(args), args.sessions, args.gallery, variants, args.rounds)
+    table = {"methods": result["variants"]}
+    print(chatir.markdown_table(table))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        title = f"{args.sessions} simulated sessions, gallery of {args.gallery}"
+        print(f"wrote {chatir.plot(table, args.plot, title)}", file=sys.stderr)
+    return 0
+
+
+def _session_paths(paths: list[str]) -> list[str]:
+    from engine.paths import home
+
+    paths = paths or [str(home() / "sessions")]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"no session records at {missing[0]} (the app records to "
+                                "ITIR_HOME/sessions; give record files or folders)")
+    return paths
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from evaluation import chatir, replay
+
+    torch_threads(args.threads)
+    sessions = replay.sessions_of(_session_paths(args.paths))
+    result = replay.summary(sessions, args.rounds)
+    print(f"{result['sessions']} sessions, {result['found']} found; found by round "
+          f"(0..{args.rounds}): {result['found_by_round']}")
+    if args.methods and result["found"]:
+        from engine.factory import build_engine
+
+        engine = build_engine(_profile(args))
+        methods = chatir.resolve_methods(args.methods.split(","), engine.profile,
+                                         engine.encoder)
+        methods = {k: v for k, v in methods.items() if v != "image"}
+        result["counterfactual"] = replay.counterfactual(sessions, engine, methods,
+                                                         args.rounds)
+        if result["counterfactual"]:
+            print(chatir.markdown_table(result["counterfactual"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot and result.get("counterfactual"):
+        curves = {**result["counterfactual"]["methods"], "found (as recorded)": {
+            f"hits@{k}": result["found_by_round"] for k in (1, 10)}}
+        print(f"wrote {chatir.plot({'methods': curves}, args.plot, 'recorded sessions')}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from evaluation import replay
+
+    sessions = replay.sessions_of(_session_paths(args.paths))
+    written, left = replay.export_chatir(sessions, args.out, args.rounds)
+    print(f"wrote {written} dialogs to {args.out}" + (
+        f" ({left} found sessions had fewer than {args.rounds + 1} turns; lower --rounds "
+        "to include them)" if left else ""))
+    return 0
+
+
 def cmd_world_build(args: argparse.Namespace) -> int:
     from world.build import build_split
 
@@ -353,6 +427,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", default=None, metavar="PNG")
     ev.add_argument("--threads", type=positive_int, default=2)
     ev.set_defaults(func=cmd_eval)
+
+    si = with_profile(sub.add_parser(
+        "simulate", help="simulated users: questioner, feedback and fusion end to end"))
+    si.add_argument("--sessions", type=positive_int, default=1000)
+    si.add_argument("--gallery", type=positive_int, default=10000,
+                    help="world test scenes in the gallery (targets: the first --sessions)")
+    si.add_argument("--rounds", type=positive_int, default=10)
+    si.add_argument("--variants", default="random,information,information+feedback")
+    si.add_argument("--json", default=None, metavar="OUT")
+    si.add_argument("--plot", default=None, metavar="PNG")
+    si.add_argument("--threads", type=positive_int, default=2)
+    si.set_defaults(func=cmd_simulate)
+
+    rp = with_profile(sub.add_parser("replay", help="success curves of recorded sessions"))
+    rp.add_argument("paths", nargs="*", help="record files or folders (default: "
+                    "ITIR_HOME/sessions)")
+    rp.add_argument("--rounds", type=positive_int, default=10)
+    rp.add_argument("--methods", default="text,dar,add",
+                    help="fusions to replay found sessions under ('' for none)")
+    rp.add_argument("--json", default=None, metavar="OUT")
+    rp.add_argument("--plot", default=None, metavar="PNG")
+    rp.add_argument("--threads", type=positive_int, default=2)
+    rp.set_defaults(func=cmd_replay)
+
+    ex = sub.add_parser("export", help="found sessions as a ChatIR dialog file")
+    ex.add_argument("paths", nargs="*", help="record files or folders")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--rounds", type=non_negative_int, default=10)
+    ex.set_defaults(func=cmd_export)
     return p
 
 

@@ -99,6 +99,12 @@ class VectorIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         return self.faiss.search(queries, k)
 
+    def vectors_of(self, ids: list[int]) -> np.ndarray:
+        """The stored vectors of `ids` [len(ids), D] (feedback and questions read them)."""
+        if not ids:
+            return np.zeros((0, self.meta.dim), np.float32)
+        return np.stack([self.faiss.reconstruct(int(i)) for i in ids])
+
     def vectors(self) -> np.ndarray:
         """All stored vectors, in id order (for exact scoring of every gallery image)."""
         return self.faiss.reconstruct_n(0, len(self))

@@ -11,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Session records of test runs go to a temporary folder, not the user's ITIR_HOME.
+os.environ.setdefault("ITIR_RECORDING_FOLDER", __import__("tempfile").mkdtemp(prefix="itir-rec-"))
 torch.set_num_threads(2)
 
 CHARS = "abcdefghijklmnopqrstuvwxyz"

@@ -1,5 +1,6 @@
-"""The app, started with `itir serve` from another folder, answers a dialog through
-gradio_client."""
+"""The app, started with `itir serve` from another folder, through gradio_client: a dialog
+with a clarifying question answered by button, results marked, found; bad input; two
+sessions side by side."""
 
 import pytest
 from gradio_client import Client
@@ -11,30 +12,75 @@ def client(world_app):
     return Client(url, verbose=False), top_k
 
 
-def test_two_message_dialog_returns_ranked_images(client):
+def text(message) -> str:
+    content = message["content"]  # Gradio 6: a list of {"type": "text", "text": ...} parts
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+
+
+def turn(client, *args, api_name):
+    box, chat, gallery, pseudo, status, picked, asked = client.predict(*args,
+                                                                       api_name=api_name)
+    return {"box": box, "chat": chat, "gallery": gallery, "pseudo": pseudo, "status": status,
+            "answers": asked["options"], "question": asked["question"], "picked": picked}
+
+
+def test_a_dialog_answers_by_button_marks_results_and_ends_found(client):
     client, top_k = client
-    box, chat, gallery, pseudo, status = client.predict(
-        "a red circle on a blue background", api_name="/send")
-    assert box == "" and [m["role"] for m in chat] == ["user", "assistant"]
-    assert len(gallery) == top_k
-    assert pseudo is not None  # the world generator drew the query
-    box, chat, gallery, pseudo, status = client.predict("it is a large circle", api_name="/send")
-    assert len(chat) == 4 and "Round 2" in str(chat[-1]["content"])
-    assert "a red circle on a blue background, it is a large circle" in status
-    assert "**Fusion:** text (w text 1.00)" in status
-    captions = [item["caption"] for item in gallery]
-    assert captions[0].startswith("#1 ·") and captions[-1].startswith(f"#{len(captions)} ·")
+    client.predict(api_name="/reset")
+    first = turn(client, "a red circle on a blue background", api_name="/send")
+    assert first["box"] == "" and [m["role"] for m in first["chat"]] == ["user", "assistant"]
+    assert len(first["gallery"]) == top_k and first["pseudo"] is not None
+    assert "Pick an answer below" in text(first["chat"][-1])
+    assert 1 <= len(first["answers"]) <= 4
+    captions = [item["caption"] for item in first["gallery"]]
     scores = [float(c.split(" · ")[1]) for c in captions]
     assert scores == sorted(scores, reverse=True)
-    assert all(item["image"] for item in gallery)
+    question = first["question"]
+    assert f"**{question}**" in text(first["chat"][-1])
+    second = turn(client, first["answers"][0], api_name="/answer")
+    assert f"{question.rstrip('?')}? {first['answers'][0]}" in second["status"]
+    assert "Round 2" in text(second["chat"][-1])
+    # Select result #2, say "not this": it leaves the screen.
+    rejected = second["gallery"][1]["caption"].split(" · ")[2]
+    assert "Selected: #2" in turn(client, 2, api_name="/select")["picked"]
+    third = turn(client, api_name="/not_this")
+    assert rejected not in [g["caption"].split(" · ")[2] for g in third["gallery"]]
+    assert turn(client, 1, api_name="/select")["picked"].startswith("Selected: #1")
+    done = turn(client, api_name="/this_is_it")
+    assert "Found at round 2" in done["picked"] and done["answers"] == []
+    assert text(done["chat"][-1]) == "Found it. Thank you!"
 
 
-def test_bad_messages_keep_the_dialog_and_the_text(client):
+def test_bad_input_is_an_error_with_the_reason_and_loses_nothing(client):
+    from gradio_client.exceptions import AppError
+
     client, _ = client
     client.predict(api_name="/reset")
-    box, chat, *_ = client.predict("   ", api_name="/send")
-    assert chat == [] and box == "   "
-    client.predict("a green star", api_name="/send")
-    long = "x" * 5000
-    box, chat, *_ = client.predict(long, api_name="/send")
-    assert box == long and len(chat) == 2  # refused, nothing of the dialog lost
+    with pytest.raises(AppError, match="Empty message"):
+        client.predict("   ", api_name="/send")
+    turn(client, "a green star", api_name="/send")
+    with pytest.raises(AppError, match="Message too long"):
+        client.predict("x" * 5000, api_name="/send")
+    with pytest.raises(AppError, match="no result #99"):
+        client.predict(99, api_name="/select")
+    after = turn(client, "on a white background, please", api_name="/send")
+    assert len(after["chat"]) == 4  # the refused messages left the dialog as it was
+
+
+def test_user_text_is_shown_as_text(client):
+    client, _ = client
+    client.predict(api_name="/reset")
+    sneaky = "![](http://127.0.0.1:9/x.png) <b>bold</b> a red star"
+    out = turn(client, sneaky, api_name="/send")
+    shown = text(out["chat"][0])
+    assert "<b>" not in shown and "&lt;b&gt;" in shown and "\\!\\[\\]" in shown
+
+
+def test_two_sessions_do_not_see_each_others_turns(world_app):
+    url, _ = world_app
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    turn(a, "a yellow square", api_name="/send")
+    out_b = turn(b, "a purple hexagon", api_name="/send")
+    out_a = turn(a, "it is small and striped", api_name="/send")
+    assert len(out_b["chat"]) == 2 and len(out_a["chat"]) == 4
+    assert "purple" not in out_a["status"] and "yellow" not in out_b["status"]

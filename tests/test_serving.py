@@ -45,7 +45,7 @@ def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encode
 def test_results_from_many_folders_are_served_as_thumbnails(many_folders_app):
     url, root, _ = many_folders_app
     client = Client(url, verbose=False)
-    _, chat, gallery, pseudo, _ = client.predict("a red circle", api_name="/send")
+    _, chat, gallery, pseudo, *_ = client.predict("a red circle", api_name="/send")
     assert len(chat) == 2 and len(gallery) == 8 and pseudo is None
     for item in gallery:
         with Image.open(item["image"]) as im:

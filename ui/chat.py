@@ -1,13 +1,16 @@
-"""Chat UI: a conversation on the left, the best matches and the pseudo-image on the right.
+"""Chat UI: the conversation and the system's question on the left, the best matches (with
+"more like this", "not this", "this is it") and the pseudo-image on the right.
 
-Per-browser-session state is plain data (the dialog state and the chat messages, cheap for
-Gradio to copy); the engine with its models is shared by all sessions. The chat is rebuilt
-from that state rather than read back from the Chatbot, so API clients get the same dialog
-as browsers.
+Per-browser-session state is plain data (the dialog state, the chat messages, the results on
+screen, the selected one, the chosen fusion), so Gradio copies it cheaply and API clients
+drive exactly what browsers do; the engine with its models is shared by all sessions.
+Whatever a person typed is shown as text: it is escaped before the Chatbot renders Markdown.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -17,20 +20,30 @@ from dialog import DialogState
 from engine.engine import Engine, TurnResult
 from ui.thumbnails import thumbnail
 
-INTRO = ("Describe the picture you are looking for. Each message adds to the description; "
-         "the gallery shows the best matches so far.")
-# Gradio keeps a file per image it sends; sweep every 10 min what is older than 30 min.
-CACHE_SWEEP = (600, 1800)
+INTRO = ("Describe the picture you are looking for. Answer the question with a button or in "
+         "your own words; select a result to say *more like this*, *not this* or *this is "
+         "it*.")
+CACHE_SWEEP = (600, 1800)  # Gradio's files: every 10 min, delete what is older than 30 min
+ANSWER_BUTTONS = 4
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def as_text(text: str) -> str:
+    """Text as the person typed it: no HTML tags, links or images from user input."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _reply(result: TurnResult) -> str:
-    top = result.hits[0] if result.hits else None
-    lines = [f"Round {result.round + 1}: searched for *{result.query}*."]
-    if top:
-        lines.append(f"Best match: `{Path(top.path).name}` (score {top.score:.3f}).")
+    lines = [f"Round {result.round + 1}: searched for *{as_text(result.query)}*."]
+    if result.hits:
+        lines.append(f"Best match: `{Path(result.hits[0].path).name}` "
+                     f"(score {result.hits[0].score:.3f}).")
     if result.notice:
-        lines.append(result.notice)
-    lines.append("Add more detail (colours, shapes, sizes, where things are) to sharpen it.")
+        lines.append(as_text(result.notice))
+    if result.question:
+        lines.append(f"\n\n**{result.question}** Pick an answer below or type your own.")
+    else:
+        lines.append("Add more detail (colours, shapes, sizes, where things are).")
     return " ".join(lines)
 
 
@@ -49,62 +62,150 @@ def _decision(result: TurnResult) -> str:
 
 def _status(result: TurnResult, engine: Engine) -> str:
     timings = " · ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in result.timings_ms.items())
-    return (f"**Query:** {result.query}  \n**Fusion:** {_decision(result)} · "
+    return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)} · "
             f"**Gallery:** {len(engine.index)} images · {timings}")
 
 
-def empty_state() -> dict:
-    return {"dialog": DialogState().to_dict(), "history": []}
+def empty_state(fusion: str = "") -> dict:
+    return {"dialog": DialogState().to_dict(), "history": [], "hits": [], "selected": None,
+            "fusion": fusion}
 
 
-def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP) -> gr.Blocks:
-    def send(message: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        # track_tqdm: a hub pipeline's denoising bar shows in the browser while it runs.
-        session = engine.session(state["dialog"])
+def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
+             concurrency: int = 1) -> gr.Blocks:
+    fusions = list(engine.fusions)
+
+    def answer_buttons(options: list[str]) -> list:
+        return [gr.update(value=options[i], visible=True) if i < len(options)
+                else gr.update(value="", visible=False) for i in range(ANSWER_BUTTONS)]
+
+    def render(state: dict, result: TurnResult | None, status: str | None = None) -> tuple:
+        """Every output of an event, from the state (and the turn it ran, if any)."""
+        dialog = DialogState.from_dict(state["dialog"])
+        gallery = [(thumbnail(p), f"#{i + 1} · {s:.3f} · {Path(p).name}")
+                   for i, (p, s) in enumerate(state["hits"])]
+        pseudo = gr.skip()
+        if result is not None:
+            pseudo = result.pseudo_image
+            if pseudo is not None and pseudo.width < 128:  # 32x32 world images: crisp pixels
+                pseudo = pseudo.resize((128, 128), Image.NEAREST)
+            status = _status(result, engine)
+        selected = state["selected"]
+        picked = (f"Selected: #{selected + 1} `{Path(state['hits'][selected][0]).name}`"
+                  if selected is not None else "Select a result to mark it.")
+        if dialog.outcome is not None:
+            picked = (f"Found at round {dialog.outcome.round + 1}. Press **New search** to "
+                      "look for another picture." if dialog.outcome.status == "found" else "")
+        options = dialog.options if dialog.outcome is None else []
+        asked = {"question": dialog.question if options else None, "options": options}
+        return ("", state["history"], gallery, pseudo, status if status is not None
+                else gr.skip(), *answer_buttons(options), picked, asked, state)
+
+    def turn(state: dict, run) -> tuple:
+        session = engine.session(state["dialog"], state.get("fusion") or None)
         try:
-            result = session.send(message)
-        except ValueError as e:  # bad input: say so, keep the message in the box
-            gr.Warning(str(e))
-            return message, state["history"], gr.skip(), gr.skip(), gr.skip(), state
-        history = [*state["history"], {"role": "user", "content": message.strip()},
-                   {"role": "assistant", "content": _reply(result)}]
-        gallery = [(thumbnail(h.path), f"#{h.rank + 1} · {h.score:.3f} · {Path(h.path).name}")
-                   for h in result.hits]
-        pseudo = result.pseudo_image
-        if pseudo is not None and pseudo.width < 128:  # 32x32 world images: keep pixels crisp
-            pseudo = pseudo.resize((128, 128), Image.NEAREST)
-        state = {"dialog": session.state.to_dict(), "history": history}
-        return "", history, gallery, pseudo, _status(result, engine), state
+            result, said = run(session)
+        except ValueError as e:  # bad input: an error API clients see too; nothing is lost
+            raise gr.Error(str(e)) from None
+        history = [*state["history"], *([{"role": "user", "content": as_text(said)}]
+                                        if said else [])]
+        if result is None:  # "this is it"
+            history.append({"role": "assistant", "content": "Found it. Thank you!"})
+        else:
+            history.append({"role": "assistant", "content": _reply(result)})
+        state = {**state, "dialog": session.state.to_dict(), "history": history,
+                 "hits": ([(h.path, h.score) for h in result.hits] if result
+                          else state["hits"]),
+                 "selected": None if result else state["selected"]}
+        return render(state, result)
 
-    def reset():
-        return "", [], [], None, "", empty_state()
+    def send(message: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return turn(state, lambda s: (s.send(message), message.strip()))
+
+    def answer(option: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return turn(state, lambda s: (s.send(option, answer=True), option))
+
+    def select(state: dict, evt: gr.SelectData):
+        return render({**state, "selected": evt.index}, None)
+
+    def select_by_index(index: float, state: dict):  # the same, for API clients
+        i = int(index) - 1
+        if not 0 <= i < len(state["hits"]):
+            raise gr.Error(f"there is no result #{int(index)} on screen "
+                           f"({len(state['hits'])} shown)")
+        return render({**state, "selected": i}, None)
+
+    def mark(kind: str):
+        said = {"more": "More like this", "less": "Not this", "found": "This is it"}[kind]
+
+        def handler(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            if state["selected"] is None or state["selected"] >= len(state["hits"]):
+                raise gr.Error("Select a result first (click a picture in the gallery).")
+            path = state["hits"][state["selected"]][0]
+            return turn(state, lambda s: (s.click(path, kind), f"{said}: {Path(path).name}"))
+        return handler
+
+    def choose_fusion(name: str, state: dict):
+        return {**state, "fusion": name}
+
+    def reset(state: dict | None = None):
+        if state and state.get("dialog"):
+            engine.session(state["dialog"]).abandon()  # recorded as abandoned, if it was on
+        fresh = empty_state(state.get("fusion", "") if state else "")
+        return ("", [], [], None, "", *answer_buttons([]), "", {"question": None,
+                                                                "options": []}, fresh)
 
     with gr.Blocks(title="itir — interactive image search", delete_cache=delete_cache) as demo:
         gr.Markdown(f"# itir\n{INTRO}")
         state = gr.State(empty_state())
         with gr.Row():
             with gr.Column(scale=5):
-                chat = gr.Chatbot(label="Dialog", height=460)
+                chat = gr.Chatbot(label="Dialog", height=420)
+                with gr.Row():
+                    answers = [gr.Button(visible=False, size="sm", elem_classes="answer")
+                               for _ in range(ANSWER_BUTTONS)]
                 box = gr.Textbox(placeholder="e.g. two red circles on a blue background",
                                  show_label=False, lines=1, max_lines=4, autofocus=True)
                 with gr.Row():
                     send_btn = gr.Button("Search", variant="primary")
                     reset_btn = gr.Button("New search")
+                fusion = gr.Dropdown(fusions, value=engine.fusion.name, label="Fusion",
+                                     info="how text and pseudo-image become one query")
             with gr.Column(scale=7):
-                gallery = gr.Gallery(label="Best matches", columns=4, height=460,
+                gallery = gr.Gallery(label="Best matches", columns=4, height=420,
                                      object_fit="contain", preview=False, elem_id="results")
+                picked = gr.Markdown("Select a result to mark it.", elem_id="picked")
+                with gr.Row():
+                    more = gr.Button("More like this", size="sm")
+                    less = gr.Button("Not this", size="sm")
+                    found = gr.Button("This is it", size="sm", variant="primary")
                 with gr.Row():
                     pseudo = gr.Image(label="Pseudo-image of the query", type="pil",
                                       height=160, interactive=False, elem_id="pseudo")
                     status = gr.Markdown()
         gr.Markdown(f"<small>{engine.profile.describe()} · {len(engine.index)} images</small>",
                     elem_id="footer")
-        outputs = [box, chat, gallery, pseudo, status, state]
-        # One turn at a time across the app: the models, the generator's cache and the
-        # scheduler's state are shared by every session and are not thread-safe.
-        turn = {"concurrency_id": "turn", "concurrency_limit": 1}
-        box.submit(send, [box, state], outputs, api_name="send", **turn)
-        send_btn.click(send, [box, state], outputs, api_name="send_button", **turn)
-        reset_btn.click(reset, None, outputs, api_name="reset")
-        chat.clear(reset, None, outputs, api_name="clear")  # the Chatbot's own trash button
+        # What the answer buttons show, for API clients (buttons are not API outputs).
+        asked = gr.JSON(visible=False)
+        outputs = [box, chat, gallery, pseudo, status, *answers, picked, asked, state]
+        # Turns share the models, the generator's cache and the scheduler's state, which are
+        # not thread-safe: `concurrency` turns at a time (1 unless the engine says more).
+        run = {"concurrency_id": "turn", "concurrency_limit": concurrency}
+        box.submit(send, [box, state], outputs, api_name="send", **run)
+        send_btn.click(send, [box, state], outputs, api_name="send_button", **run)
+        for button in answers:
+            button.click(answer, [button, state], outputs, api_name=False, **run)
+        typed_answer = gr.Textbox(visible=False)  # API clients answer by text
+        gr.Button(visible=False).click(answer, [typed_answer, state], outputs,
+                                       api_name="answer", **run)
+        gallery.select(select, [state], outputs, api_name=False)
+        rank = gr.Number(visible=False, precision=0)  # API clients select by rank (1-based)
+        gr.Button(visible=False).click(select_by_index, [rank, state], outputs,
+                                       api_name="select")
+        more.click(mark("more"), [state], outputs, api_name="more_like_this", **run)
+        less.click(mark("less"), [state], outputs, api_name="not_this", **run)
+        found.click(mark("found"), [state], outputs, api_name="this_is_it", **run)
+        fusion.change(choose_fusion, [fusion, state], [state], api_name="fusion")
+        reset_btn.click(reset, [state], outputs, api_name="reset")
+        chat.clear(reset, [state], outputs, api_name="clear")
     return demo

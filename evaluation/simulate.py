@@ -1,0 +1,122 @@
+"""Simulated users: the whole interactive loop (questioner, feedback, fusion) end to end.
+
+A scripted user has a world test scene in mind. It opens with a partial caption, then each
+round answers the system's own question from the ground truth (typing the true answer when
+it is not among the buttons). With feedback on, it also marks the shown result most like its
+target (by the encoder's image embeddings, as a person would judge by eye) "more like this"
+and the least like it "not this". It says "this is it" as soon as the target is on screen.
+It drives `SearchSession`, the same object the UI drives; only the clicks are scripted.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.metrics import bri, cumulative_hits
+from world.captions import ALL, NUMBERS, PLACE, STYLE_PHRASE, object_phrase, partial_caption
+from world.scene import Scene
+
+ROUNDS = 10
+
+
+def main_object(scene: Scene):
+    """What "the main object" means to the simulated user: the largest, first on ties."""
+    order = {"large": 0, "medium": 1, "small": 2}
+    return min(scene.objects, key=lambda o: order[o.size])
+
+
+def true_answer(question_id: str, scene: Scene) -> str | None:
+    """The ground-truth answer to a world bank question (None: a question it cannot read)."""
+    obj = main_object(scene)
+    return {"background": scene.background, "count": NUMBERS[len(scene.objects)],
+            "shape": obj.shape, "colour": obj.colour, "size": obj.size, "fill": obj.fill,
+            "position": PLACE[obj.position], "style": STYLE_PHRASE[scene.style]
+            }.get(question_id)
+
+
+def full_rank(engine, result, target_id: int) -> int:
+    """The target's 0-based rank in the whole gallery under the turn's final query."""
+    scores = engine.index.vectors() @ result.query_vector[0]
+    return int((scores > scores[target_id]).sum())
+
+
+def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: bool = False,
+             rounds: int = ROUNDS, seed: int = 0, desc: str = "simulate") -> dict:
+    """Run one session per scene; return per-session ranks and found rounds, and the
+    ChatIR summary (cumulative Hits@1/5/10 per round, BRI, success by round)."""
+    rng = random.Random(seed)
+    ids = {p: i for i, p in enumerate(engine.index.paths)}
+    vectors = engine.index.vectors()
+    ranks = np.zeros((len(scenes), rounds + 1), np.int64)
+    found_at: list[int | None] = []
+    for n, (scene, target) in enumerate(tqdm(list(zip(scenes, target_paths)), desc=desc,
+                                             unit="session")):
+        target_id = ids[target]
+        session = engine.session()
+        result = session.send(partial_caption(scene, rng)[0])
+        found = None
+        for r in range(rounds + 1):
+            ranks[n, r] = full_rank(engine, result, target_id)
+            shown = [h.path for h in result.hits]
+            if found is None and target in shown:
+                session.click(target, "found")
+                found = r
+            if r == rounds:
+                break
+            if found is None and feedback and len(shown) > 1:
+                sims = vectors[[ids[p] for p in shown]] @ vectors[target_id]
+                session.click(shown[int(np.argmin(sims))], "less")
+                result = session.click(shown[int(np.argmax(sims))], "more")
+            answer = true_answer(result.question_id or "", scene)
+            if found is not None:  # the person has left; later rounds keep its best rank
+                ranks[n, r + 1:] = ranks[n, r]
+                break
+            if answer is None:  # nothing left to ask: the user describes one more object
+                answer = object_phrase(scene.objects[r % len(scene.objects)], ALL)
+            result = session.send(answer, answer=result.question is not None)
+        found_at.append(found)
+        if session.state.outcome is None:
+            session.abandon()
+    return {"sessions": len(scenes), "rounds": rounds, "feedback": feedback,
+            "questioner": engine.profile.questions.strategy, "fusion": engine.fusion.name,
+            "gallery": len(engine.index),
+            **{f"hits@{k}": cumulative_hits(ranks, k).round(2).tolist() for k in (1, 5, 10)},
+            "bri": round(bri(ranks), 4),
+            "found_by_round": [round(100 * float(np.mean([f is not None and f <= r
+                                                          for f in found_at])), 2)
+                               for r in range(rounds + 1)]}
+
+
+def run(profile, sessions: int, gallery_size: int, variants: list[tuple[str, bool]],
+        rounds: int = ROUNDS, seed: int = 0) -> dict:
+    """Simulate `sessions` users per (questioner strategy, feedback) variant over the first
+    `gallery_size` world test scenes as the gallery (targets: the first `sessions`)."""
+    from dataclasses import replace
+
+    from engine.factory import build_engine
+    from engine.profile import GallerySpec
+    from world.scene import sample_scene, split_seed
+
+    if sessions > gallery_size:
+        raise ValueError(f"--sessions ({sessions}) cannot exceed --gallery ({gallery_size}): "
+                         "every target must be in the gallery")
+    # top_k 10: "shown" is exactly what Hits@10 counts, so finding it and Hits@10 agree.
+    base = replace(profile, gallery=GallerySpec(world_scenes=gallery_size), index=None, top_k=10,
+                   show_pseudo_image=False, recording=replace(profile.recording, enabled=False))
+    engine = build_engine(base)
+    scenes = [sample_scene(split_seed("test", i)) for i in range(sessions)]
+    paths = [p for p in engine.index.paths if p.endswith(".png")]
+    by_index = {int(p.rsplit("-", 1)[1].split(".")[0]): p for p in paths}
+    targets = [by_index[i] for i in range(sessions)]
+    out = {"profile": profile.name, "variants": {}}
+    for strategy, feedback in variants:
+        engine.profile = replace(base, questions=replace(base.questions, strategy=strategy))
+        engine.questioner.strategy = strategy
+        engine.questioner.rng = random.Random(seed)
+        name = f"{strategy}{' + feedback' if feedback else ''}"
+        out["variants"][name] = simulate(engine, scenes, targets, feedback, rounds, seed,
+                                         desc=name)
+    return out

@@ -1,0 +1,126 @@
+"""The interactive loop: clarifying questions, relevance feedback, found."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.factory import build_engine
+from engine.profile import GallerySpec, load_profile
+from engine.questioner import Question, Questioner, load_bank
+
+
+class FixedTexts:
+    """An encoder whose text embeddings are given by hand (the questioner reads only texts)."""
+
+    def __init__(self, table: dict[str, list[float]]):
+        self.table = table
+
+    def encode_texts(self, texts):
+        v = np.array([self.table[t] for t in texts], np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_questioner_asks_what_splits_the_results_and_offers_likely_answers():
+    bank = [Question("agree", "Which a?", "{}", ("a1", "a2")),
+            Question("split", "Which b?", "{}", ("b1", "b2", "b3"))]
+    encoder = FixedTexts({"a1": [1, 0, 0, 0], "a2": [-1, 0, 0, 0],
+                          "b1": [0, 1, 0, 0], "b2": [0, -1, 0, 0], "b3": [0, 0, 0, 1]})
+    # Four results: all clearly "a1"; two "b1", two "b2", none "b3".
+    results = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, -1, 0, 0], [1, -1, 0, 0]], np.float32)
+    results /= np.linalg.norm(results, axis=1, keepdims=True)
+    questioner = Questioner(bank, encoder, temperature=0.1, options=2)
+    asked = questioner.ask(results, asked=[])
+    assert asked.question.id == "split" and asked.gain > 0.5
+    assert sorted(asked.options) == ["b1", "b2"]  # b3 fits no result: not offered
+    assert questioner.ask(results, asked=["split"]).question.id == "agree"
+    assert questioner.ask(results, asked=["split", "agree"]) is None
+    baseline = Questioner(bank, encoder, strategy="random", seed=1)
+    assert {baseline.ask(results, []).question.id for _ in range(20)} == {"agree", "split"}
+    with pytest.raises(ValueError, match="information or random"):
+        Questioner(bank, encoder, strategy="best")
+
+
+def test_question_banks_are_data_and_bad_ones_are_explained(tmp_path):
+    world = load_bank("world")
+    assert {"background", "count", "shape", "colour", "size", "fill", "position"} <= {
+        q.id for q in world}
+    assert len(load_bank("photos")) >= 5
+    bad = tmp_path / "b.toml"
+    bad.write_text('[[question]]\nid = "x"\ntext = "?"\nprompt = "no slot"\nanswers = ["a", "b"]')
+    with pytest.raises(ValueError, match="a prompt with"):
+        load_bank(str(bad))
+    with pytest.raises(FileNotFoundError, match="no question bank 'nope'"):
+        load_bank("nope")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, gallery_of):
+    gallery = gallery_of(tmp_path_factory.mktemp("g"), 40)
+    home = tmp_path_factory.mktemp("home")
+    profile = replace(load_profile("world"), fusion="text", show_pseudo_image=False,
+                      top_k=6, gallery=GallerySpec(folder=str(gallery)),
+                      index=str(home / "g.itirx"))
+    return build_engine(profile)
+
+
+def test_a_turn_asks_an_unasked_question_and_a_button_answer_joins_the_dialog(engine):
+    session = engine.session()
+    first = session.send("a red circle")
+    assert first.question and first.options and session.state.question == first.question
+    assert first.timings_ms["question"] < 50
+    second = session.send(first.options[0], answer=True)
+    assert session.state.turns[-1].text.endswith(f"? {first.options[0]}")
+    assert second.question_id not in session.state.asked[:-1]  # never the same twice
+    # A long typed message is a new description, not an answer glued to the question.
+    session.send("and a large blue star somewhere near the bottom")
+    assert session.state.turns[-1].question is None
+
+
+def test_feedback_moves_the_query_and_rejected_images_never_come_back(engine):
+    session = engine.session()
+    before = session.send("a small green square")
+    top = before.hits[0].path
+    after = session.click(top, "less")
+    assert top not in [h.path for h in after.hits] and len(after.hits) == len(before.hits)
+    # The sixth result, liked, climbs.
+    liked = before.hits[5].path
+    again = session.click(liked, "more")
+    assert [h.path for h in again.hits].index(liked) < 5
+    assert top not in [h.path for h in again.hits]  # still rejected
+    assert session.state.marked("less") == [top] and session.state.marked("more") == [liked]
+    assert session.click(liked, "found") is None
+    assert session.state.outcome.status == "found" and session.state.outcome.path == liked
+    with pytest.raises(ValueError, match="this search is over"):
+        session.click(top, "more")
+    with pytest.raises(ValueError, match="more, less or found"):
+        engine.session().click(top, "maybe")
+
+
+def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, tmp_path):
+    import json
+
+    from engine.recorder import Recorder, read_records
+
+    engine.recorder = Recorder(tmp_path / "rec")
+    try:
+        session = engine.session()
+        first = session.send("a blue star")
+        path = engine.recorder.path(session.state.session_id)
+        assert len(path.read_text().splitlines()) == 1  # on disk when send() returns
+        session.send(first.options[0], answer=True)
+        session.click(first.hits[1].path, "less")
+        session.click(first.hits[2].path, "found")
+    finally:
+        engine.recorder = None
+    records = read_records([tmp_path / "rec"])
+    assert [r["event"] for r in records] == ["turn", "turn", "less", "found"]
+    assert [r["round"] for r in records] == [0, 1, 1, 1]
+    assert records[1]["answered"] == first.question and records[1]["user_text"] == first.options[0]
+    assert records[0]["query"] == "a blue star" and len(records[0]["hits"]) == 6
+    assert records[0]["question"] == first.question and records[0]["encoder"]
+    assert records[3]["outcome"] == {"status": "found", "round": 1, "path": first.hits[2].path}
+    with open(path, "a") as f:  # a crash in the middle of writing the next record
+        f.write('{"session": "cut off in the mid')
+    assert len(read_records([path])) == 4
+    assert json.loads(path.read_text().splitlines()[0])["session"] == session.state.session_id
