@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dialog import DialogState, get_reformulation
+from dialog.query import fit_turns
 from engine.profile import Profile
 from engine.questioner import Asked, Questioner
 from engine.recorder import Recorder
@@ -80,12 +81,13 @@ class Engine:
 
     def search(self, query: str, round_: int = 0, k: int | None = None,
                liked: list[str] = (), rejected: list[str] = (),
-               fusion: Fusion | None = None) -> TurnResult:
+               fusion: Fusion | None = None, display: bool = True) -> TurnResult:
         """Search for one query text at dialog round `round_` (the fusion may depend on it).
 
         `liked` / `rejected`: gallery paths marked "more like this" / "not this"; the query
         moves towards the first and away from the second (Rocchio), and rejected images are
-        never returned."""
+        never returned. `display=False`: draw the pseudo-image only if the fusion needs it
+        (a UI that shows the results first draws it afterwards with `pseudo_image`)."""
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
@@ -102,7 +104,7 @@ class Engine:
         t = self.encoder.encode_texts([query])
         lap("encode_text")
         image, g, notice = None, None, None
-        draw = chosen.uses_image or self.profile.show_pseudo_image
+        draw = chosen.uses_image or (display and self.profile.show_pseudo_image)
         if self.generator is not None and draw:
             spec = self.profile.generator
             # Only a fusion that embeds the image profits from more than one sample.
@@ -129,6 +131,16 @@ class Engine:
         timings["total"] = (time.perf_counter() - start) * 1e3
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
                           timings, query_vector=query_vector)
+
+    def pseudo_image(self, query: str) -> Image.Image | None:
+        """The pseudo-image of `query` for the person to see (the generator's cache answers
+        at once when the turn already drew it); None without a generator or on failure."""
+        if self.generator is None or not self.profile.show_pseudo_image:
+            return None
+        try:
+            return self.generator.generate([query], seed=self.profile.generator.seed)[0]
+        except GenerationError:
+            return None
 
     def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
         """Query by example: the gallery images nearest to `image` (the encoder's space)."""
@@ -158,10 +170,11 @@ class Engine:
             return query
         fb = self.profile.feedback
         q = fb.alpha * query[0]
-        if liked:
-            q = q + fb.beta * self._vectors_of(liked).mean(0)
-        if rejected:
-            q = q - fb.gamma * self._vectors_of(rejected).mean(0)
+        liked_v, rejected_v = self._vectors_of(liked), self._vectors_of(rejected)
+        if len(liked_v):  # paths no longer in the index are ignored
+            q = q + fb.beta * liked_v.mean(0)
+        if len(rejected_v):
+            q = q - fb.gamma * rejected_v.mean(0)
         return (q / max(np.linalg.norm(q), 1e-12))[None].astype(np.float32)
 
     def ask(self, state: DialogState, hits: list[Hit]) -> Asked | None:
@@ -172,12 +185,29 @@ class Engine:
         return self.questioner.ask(self.index.vectors_of([h.id for h in top]), state.asked)
 
     def turn(self, state: DialogState, k: int | None = None,
-             fusion: Fusion | None = None) -> TurnResult:
+             fusion: Fusion | None = None, display: bool = True) -> TurnResult:
         """The search for a dialog's latest round, with its clicks, and the next question."""
         if not state.turns:
             raise ValueError("the dialog has no turn yet: say what you are looking for")
-        result = self.search(state.query(self.reformulate), state.round, k,
-                             state.marked("more"), state.marked("less"), fusion)
+        start = time.perf_counter()
+        fitted = fit_turns(state.texts, self.encoder.count_tokens, self.encoder.max_tokens,
+                           self.reformulate)
+        query = self.reformulate(fitted.texts)
+        reformulate_ms = (time.perf_counter() - start) * 1e3
+        result = self.search(query, state.round, k, state.marked("more"), state.marked("less"),
+                             fusion, display)
+        result.timings_ms = {"reformulate": reformulate_ms, **result.timings_ms}
+        if fitted.dropped or fitted.shortened:
+            left_out = (f"round{'s' if len(fitted.dropped) > 1 else ''} "
+                        f"{', '.join(str(i + 1) for i in fitted.dropped)}"
+                        if fitted.dropped else "")
+            cut = "the end of a long message" if fitted.shortened else ""
+            what = " and ".join(x for x in (left_out, cut) if x)
+            note = (f"The dialog is longer than the text encoder reads "
+                    f"({self.encoder.max_tokens} tokens): left out {what}, keeping your "
+                    "first description and the newest answers.")
+            result.notice = f"{result.notice} {note}" if result.notice else note
+        result.timings_ms["total"] += reformulate_ms
         start = time.perf_counter()
         asked = self.ask(state, result.hits)
         if asked is not None:
@@ -188,8 +218,9 @@ class Engine:
         return result
 
     def session(self, state: DialogState | dict | None = None,
-                fusion: str | None = None) -> SearchSession:
-        """A person's search; `fusion` names one of `fusions` for this session only."""
+                fusion: str | None = None, display: bool = True) -> SearchSession:
+        """A person's search; `fusion` names one of `fusions` for this session only;
+        `display=False` leaves drawing the pseudo-image to the caller (`pseudo_image`)."""
         if not isinstance(state, DialogState):
             state = DialogState.from_dict(state)
         chosen = None
@@ -198,4 +229,4 @@ class Engine:
                 raise ValueError(f"unknown fusion {fusion!r}; this app offers "
                                  f"{sorted(self.fusions)}")
             chosen = self.fusions[fusion]
-        return SearchSession(self, state, chosen)
+        return SearchSession(self, state, chosen, display)

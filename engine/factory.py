@@ -88,7 +88,8 @@ def load_questioner(profile: Profile, encoder: Encoder) -> Questioner | None:
 def auto_fusion(encoder: Encoder) -> Fusion:
     """ADaFuSE where a checkpoint for this encoder ships in assets/ or was trained into
     ITIR_HOME/fusions/, else the text alone (never a static fusion that may hurt)."""
-    found = find_checkpoint(encoder.identity, [assets_dir(), home() / "fusions"])
+    # The user's own (trained into ITIR_HOME) before the shipped one.
+    found = find_checkpoint(encoder.identity, [home() / "fusions", assets_dir()])
     return load_fusion(found) if found is not None else TextOnly()
 
 

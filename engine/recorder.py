@@ -95,7 +95,9 @@ class Recorder:
         record = {"session": session_id, "time": time.time(), "event": event,
                   "round": state.round, "user_text": state.turns[-1].answer if state.turns
                   else None, "answered": state.turns[-1].question if state.turns else None,
-                  "query": state.query(engine.reformulate) if state.turns else None,
+                  # what was searched (cut to the encoder's window), and the whole dialog
+                  "query": result.query if result else None,
+                  "full_query": state.query(engine.reformulate) if state.turns else None,
                   "encoder": engine.encoder.identity,
                   "generator": getattr(engine.generator, "identity", None),
                   "generator_seed": engine.profile.generator.seed,
@@ -111,6 +113,7 @@ class Recorder:
                 options=result.options, notice=result.notice,
                 timings_ms={k: round(v, 2) for k, v in result.timings_ms.items()})
             if result.pseudo_image is not None:
+                self.path(session_id)  # a bad id is refused before anything is written
                 data = pseudo_image_bytes(result.pseudo_image)
                 digest = hashlib.sha256(data).hexdigest()[:16]
                 record["pseudo_image"] = digest

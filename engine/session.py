@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,12 @@ class SearchSession:
     """Each message is a turn. Only a turn that answered becomes part of the dialog, so a
     failed turn (bad input, a crash) loses nothing that was said before."""
 
-    def __init__(self, engine: Engine, state: DialogState | None = None, fusion=None):
+    def __init__(self, engine: Engine, state: DialogState | None = None, fusion=None,
+                 display: bool = True):
         self.engine = engine
         self.state = state or DialogState()
         self.fusion = fusion  # None: the engine's
+        self.display = display  # False: the caller draws the pseudo-image when it likes
 
     @property
     def query(self) -> str:
@@ -31,9 +34,12 @@ class SearchSession:
     def send(self, message: str, answer: bool | None = None) -> TurnResult:
         """A message (free text, or the answer to the open question) -> a new round.
         `answer=True` when it came from an answer button; None: judged from the text."""
+        if self.state.outcome is not None:
+            raise ValueError("This search is over (found). Press New search to look for "
+                             "another picture.")
         candidate = self.state.with_message(check_message(message), answer)
         candidate.session_id = candidate.session_id or uuid.uuid4().hex
-        result = self.engine.turn(candidate, fusion=self.fusion)
+        result = self.engine.turn(candidate, fusion=self.fusion, display=self.display)
         self._asked(candidate, result)
         self._record("turn", candidate, result)  # durable before the person sees it
         self.state = candidate
@@ -55,7 +61,7 @@ class SearchSession:
             self._record("found", candidate, None, {"path": path, "kind": kind})
             self.state = candidate
             return None
-        result = self.engine.turn(candidate, fusion=self.fusion)
+        result = self.engine.turn(candidate, fusion=self.fusion, display=self.display)
         if candidate.question:  # an open question stays open: the click did not answer it
             result.question, result.options = candidate.question, list(candidate.options)
             result.question_id = candidate.asked[-1] if candidate.asked else None
@@ -73,9 +79,15 @@ class SearchSession:
 
     def _record(self, event: str, state: DialogState, result, click=None) -> None:
         recorder = self.engine.recorder
-        if recorder is not None:
-            recorder.write(state.session_id, recorder.turn_record(
-                state.session_id, event, state, result, self.engine, click))
+        if recorder is None:
+            return
+        start = time.perf_counter()
+        recorder.write(state.session_id, recorder.turn_record(
+            state.session_id, event, state, result, self.engine, click))
+        if result is not None:  # the record holds the timings up to here; the reply all
+            ms = (time.perf_counter() - start) * 1e3
+            result.timings_ms["record"] = ms
+            result.timings_ms["total"] = result.timings_ms.get("total", 0.0) + ms
 
     @staticmethod
     def _asked(state: DialogState, result: TurnResult) -> None:

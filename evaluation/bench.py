@@ -227,3 +227,32 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
     return {"profile": engine.profile.name, "fusion": engine.fusion.name,
             "gallery": len(engine.index), "turns": dialogs * rounds,
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}
+
+
+def bench_concurrency(url: str, sessions: int = 8, turns: int = 4) -> dict:
+    """Turn latency seen by `gradio_client` users of a running app: one session alone, then
+    `sessions` at once; and whether any session saw another's dialog."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    def one_session(i: int) -> tuple[list[float], bool]:
+        client = Client(url, verbose=False)
+        client.predict(api_name="/reset")
+        dialog = make_dialog(sample_scene(split_seed("test", i)))
+        seconds, isolated = [], True
+        for r in range(turns):
+            start = time.perf_counter()
+            out = client.predict(dialog[r], api_name="/send")
+            seconds.append(time.perf_counter() - start)
+            isolated &= len(out[1]) == 2 * (r + 1) and dialog[0][:20] in out[4]
+        return seconds, isolated
+
+    alone = one_session(0)[0] + one_session(1)[0]
+    with ThreadPoolExecutor(sessions) as pool:
+        runs = list(pool.map(one_session, range(2, 2 + sessions)))
+    together = [s for seconds, _ in runs for s in seconds]
+    single, busy = percentiles_ms(alone), percentiles_ms(together)
+    return {"url": url, "sessions": sessions, "turns": turns, "single": single,
+            "concurrent": busy, "p95_over_single_p50": round(busy["p95_ms"] / single["p50_ms"], 2),
+            "isolated": all(ok for _, ok in runs)}

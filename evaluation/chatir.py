@@ -65,6 +65,8 @@ def compare(emb: DialogEmbeddings, methods: dict[str, Fusion | str], k: int = 1,
 
 def markdown_table(result: dict, rounds: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10)) -> str:
     """Cumulative Hits@1/5/10 at some rounds, BRI and degradation, one row per method."""
+    length = min(len(m["hits@1"]) for m in result["methods"].values())
+    rounds = tuple(r for r in rounds if r < length) or (length - 1,)
     head = " | ".join(f"r{r} @1/@5/@10" for r in rounds)
     worse = all("degradation" in m for m in result["methods"].values())
     lines = [f"| method | {head} | BRI |" + (" worse than text |" if worse else ""),
@@ -94,6 +96,21 @@ def plot(result: dict, out: str | Path, title: str = "") -> Path:
     axes[0].legend()
     fig.suptitle(title or f"{result['dialogs']} dialogs, corpus of {result['corpus']}")
     return save_figure(fig, out)
+
+
+def check_control(control: str) -> str:
+    """A control's name, checked before hours of embedding rather than after."""
+    if control == "shuffled":
+        return control
+    name, _, fraction = control.partition(":")
+    try:
+        ok = name == "unrelated" and 0 < float(fraction) <= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"unknown control {control!r}: shuffled, or unrelated:F with F a "
+                         "fraction in (0, 1], e.g. unrelated:0.3")
+    return control
 
 
 def controlled_images(emb: DialogEmbeddings, control: str, k: int = 1,
@@ -157,7 +174,13 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
     from evaluation.dialog_set import embed_dialog_set, read_dialog_set
 
     ds = read_dialog_set(dialogs_file, corpus_file, images_root, limit)  # bad files: at once
+    controls = tuple(check_control(c) for c in controls)
     drawing = any(needs_image(m) for m in methods)
+    if controls and not drawing:
+        raise ValueError("--control changes the pseudo-images, but none of the methods uses "
+                         "one: add image, dar, add or adafuse")
+    if controls and len(ds.dialogs) < 2:
+        raise ValueError("controls swap pseudo-images between dialogs: give at least two")
     models = load_models(profile, with_generator=drawing)
     resolved = resolve_methods(methods, profile, models.encoder)
     if drawing and models.generator is None:

@@ -68,7 +68,6 @@ def read_dialog_set(dialogs_file: str | Path, corpus_file: str | Path | None = N
     file's folder, as `itir world build` writes them."""
     dialogs_file = Path(dialogs_file)
     raw = _read_json(dialogs_file, "dialog")
-    key, total = hashlib.sha256(dialogs_file.read_bytes()).hexdigest()[:16], len(raw)
     if not isinstance(raw, list) or not raw:
         raise DialogFileError(f"{dialogs_file} should be a non-empty JSON list of "
                               '{"img": ..., "dialog": [...]} objects')
@@ -83,6 +82,7 @@ def read_dialog_set(dialogs_file: str | Path, corpus_file: str | Path | None = N
             raise DialogFileError(f"{dialogs_file}: entry {n} has {len(item['dialog'])} "
                                   f"strings, entry 0 has {len(raw[0]['dialog'])}; every dialog "
                                   "needs the same number of rounds")
+    key, total = hashlib.sha256(dialogs_file.read_bytes()).hexdigest()[:16], len(raw)
     raw = raw[:limit] if limit else raw
     if corpus_file is None and (dialogs_file.parent / "corpus.json").is_file():
         corpus_file = dialogs_file.parent / "corpus.json"
@@ -196,7 +196,8 @@ def embed_pseudo_images(ds: DialogSet, encoder, generator, k: int, seed: int, ca
         return encoder.encode_images(drawn).reshape(b - a, rounds, k, -1).astype(np.float16)
 
     key = digest(ds.key, "chatir", encoder.image_identity, generator.identity,
-                 generator.steps, generator.guidance, seed, k)
+                 generator.steps, generator.guidance, getattr(generator, "size", None), seed,
+                 k, chunk)
     return chunked(cache / f"pseudo-{key}", len(ds.dialogs), chunk, pseudo,
                    f"pseudo-images (k={k})", ds.total)
 
@@ -204,7 +205,8 @@ def embed_pseudo_images(ds: DialogSet, encoder, generator, k: int, seed: int, ca
 def embed_corpus(ds: DialogSet, encoder, cache: Path) -> np.ndarray:
     """[M, D] embeddings of the corpus images (keyed by their paths and sizes)."""
     try:
-        stats = [(p, os.stat(ds.image_path(i)).st_size) for i, p in enumerate(ds.corpus)]
+        stats = [(p, (st := os.stat(ds.image_path(i))).st_size, st.st_mtime_ns)
+                 for i, p in enumerate(ds.corpus)]
     except FileNotFoundError as e:
         raise DialogFileError(f"corpus image {e.filename} not found; image paths resolve "
                               "against --images ROOT (default: the dialog file's folder)"

@@ -83,7 +83,12 @@ def counterfactual(sessions: list[Session], engine, methods: dict, rounds: int =
     from PIL import Image
 
     from evaluation.chatir import summarise
+    from fusion import TextOnly
 
+    methods = {"text": TextOnly(), **methods}  # the reference of the degradation rate
+    if engine.generator is None and any(m.uses_image for m in methods.values()):
+        raise ValueError("replaying fusions that use the pseudo-image needs the profile's "
+                         "generator; use --methods text or a profile with one")
     ids = {p: i for i, p in enumerate(engine.index.paths)}
     found = [s for s in sessions if s.found and s.found[1] in ids]
     if not found:
@@ -95,12 +100,13 @@ def counterfactual(sessions: list[Session], engine, methods: dict, rounds: int =
         target = ids[s.found[1]]
         for record in s.turns[: rounds + 1]:
             r = record["round"]
-            t = engine.encoder.encode_texts([record["query"]])
+            query = record.get("query") or record.get("full_query")
+            t = engine.encoder.encode_texts([query])
             g = None
             if any(getattr(m, "uses_image", False) for m in methods.values()):
                 kept = folder / s.id / f"{record.get('pseudo_image')}.png" if folder else None
                 image = (Image.open(kept).convert("RGB") if kept and kept.is_file() else
-                         engine.generator.generate([record["query"]],
+                         engine.generator.generate([query],
                                                    seed=record.get("generator_seed", 0))[0])
                 g = engine.encoder.encode_images([image])
             for name, fusion in methods.items():
@@ -109,7 +115,7 @@ def counterfactual(sessions: list[Session], engine, methods: dict, rounds: int =
                 ranks[name][n, r] = int((scores > scores[target]).sum())
         for name in methods:  # rounds after the session ended keep the last rank
             ranks[name][n] = np.minimum.accumulate(ranks[name][n])
-    text = ranks.get("text", next(iter(ranks.values())))
+    text = ranks["text"]
     return {"sessions": len(found), "methods": {name: summarise(r, text)
                                                 for name, r in ranks.items()}}
 

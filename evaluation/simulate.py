@@ -107,6 +107,9 @@ def run(profile, sessions: int, gallery_size: int, variants: list[tuple[str, boo
     base = replace(profile, gallery=GallerySpec(world_scenes=gallery_size), index=None, top_k=10,
                    show_pseudo_image=False, recording=replace(profile.recording, enabled=False))
     engine = build_engine(base)
+    if engine.questioner is None:
+        raise ValueError("simulated users answer the system's questions: set a question "
+                         "bank ([questions] bank, e.g. world)")
     scenes = [sample_scene(split_seed("test", i)) for i in range(sessions)]
     paths = [p for p in engine.index.paths if p.endswith(".png")]
     by_index = {int(p.rsplit("-", 1)[1].split(".")[0]): p for p in paths}

@@ -46,6 +46,8 @@ class ADaFuSEConfig:
     experts: int = 4  # E
     dropout: float = 0.2
     logit_scale: float = math.log(50.0)
+    gate_bias: float | None = None  # None: PyTorch's default init; 2.0: start at lambda 0.88
+    zero_residual: bool = False  # start with r = 0
     encoder: str = ""  # identity of the encoder whose embeddings the head fuses
 
     @classmethod
@@ -75,6 +77,14 @@ class ADaFuSEHead(nn.Module):
         self.router = nn.Sequential(nn.Linear(2 * p, h // 4), nn.GELU(), nn.Linear(h // 4, e))
         self.out = nn.Sequential(nn.Linear(h, d), drop)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale))
+        # Optionally start as (nearly) the text alone, so that what training changes is
+        # where the pseudo-image earns its weight (see fusion/train_adafuse.py).
+        if cfg.gate_bias is not None:
+            nn.init.zeros_(self.gate[-1].weight)
+            nn.init.constant_(self.gate[-1].bias, cfg.gate_bias)
+        if cfg.zero_residual:
+            nn.init.zeros_(self.out[0].weight)
+            nn.init.zeros_(self.out[0].bias)
 
     @staticmethod
     def count(cfg: ADaFuSEConfig) -> int:
@@ -145,7 +155,12 @@ class ADaFuSE(Fusion):
         if not weights.is_file():
             raise FileNotFoundError(f"the ADaFuSE checkpoint at {folder} has {CONFIG_NAME} "
                                     f"but no {WEIGHTS_NAME}; copy the whole folder")
-        head = ADaFuSEHead(ADaFuSEConfig(**config))
-        head.load_state_dict(load_file(str(weights)))
+        try:
+            head = ADaFuSEHead(ADaFuSEConfig(**config))
+            head.load_state_dict(load_file(str(weights)))
+        except Exception as e:  # unknown keys, wrong shapes, a damaged file: one message
+            raise ValueError(f"the ADaFuSE checkpoint at {folder} could not be loaded "
+                             f"({' '.join(str(e).split())[:200]}); train it again with "
+                             "`itir train-fusion`") from e
         return cls(head, name=f"adafuse:{folder.name}")
 

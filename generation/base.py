@@ -7,6 +7,7 @@ speed-up and lets a small LRU cache answer repeated (prompt, seed) pairs without
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
@@ -38,6 +39,9 @@ class Generator(ABC):
         self._cache: OrderedDict[tuple, Image.Image] = OrderedDict()
         self.cache_size = cache_size
         self.model_calls = 0  # how many batches reached the model (tests and benchmarks)
+        # The scheduler's state and the cache are not thread-safe, and a server runs events
+        # on several threads: one generation at a time per generator.
+        self._lock = threading.Lock()
 
     def cache_key(self, prompt: str, seed: int) -> tuple:
         return (self.identity, prompt, seed, self.steps, self.guidance, self.size)
@@ -47,6 +51,10 @@ class Generator(ABC):
         prompts = check_prompts(prompts)
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        with self._lock:
+            return self._generate(prompts, seed, n)
+
+    def _generate(self, prompts: list[str], seed: int, n: int) -> list[Image.Image]:
         jobs = [(p, seed + j) for p in prompts for j in range(n)]
         missing = list(dict.fromkeys(job for job in jobs
                                      if self.cache_key(*job) not in self._cache))

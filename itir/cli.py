@@ -39,12 +39,17 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
+    from engine.paths import home
     from evaluation.train_fusion import reproduce
 
     torch_threads(args.threads)
-    best = reproduce(args.out, _profile(args), args.dialogs, args.val_dialogs, args.steps,
+    profile = _profile(args)
+    out = args.out or home() / "fusions" / f"{profile.name}-adafuse"
+    best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
                      args.limit, args.val_limit, lr=args.lr, resume=args.resume)
-    print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
+    print(f"wrote {out}", file=sys.stderr)
+    if "step" in best:
+        print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
     return 0
 
 
@@ -53,6 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     torch_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for control in args.control:
+        chatir.check_control(control)  # a typo fails now, not after hours of drawing
     result = chatir.run(_profile(args), args.dialogs, methods, args.corpus, args.images,
                         args.limit, args.k, tuple(args.control))
     print(chatir.markdown_table(result))
@@ -74,7 +81,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     variants = []
     for name in args.variants.split(","):
-        strategy, _, extra = name.strip().partition("+")
+        strategy, _, extra = (part.strip() for part in name.partition("+"))
         if strategy not in ("information", "random") or extra not in ("", "feedback"):
             raise ValueError(f"unknown variant {name!r}: information, random, or either "
                              "+feedback")
@@ -114,8 +121,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from engine.factory import build_engine
 
         engine = build_engine(_profile(args))
-        methods = chatir.resolve_methods(args.methods.split(","), engine.profile,
-                                         engine.encoder)
+        methods = chatir.resolve_methods([m.strip() for m in args.methods.split(",")
+                                          if m.strip()], engine.profile, engine.encoder)
         methods = {k: v for k, v in methods.items() if v != "image"}
         result["counterfactual"] = replay.counterfactual(sessions, engine, methods,
                                                          args.rounds)
@@ -255,6 +262,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     if args.what == "coldstart":
         result = bench.bench_coldstart(args.profile)
+    elif args.what == "concurrency":
+        if not args.url:
+            raise ValueError("bench concurrency measures a running app: start `itir serve` "
+                             "and give its address with --url http://127.0.0.1:7860/")
+        result = bench.bench_concurrency(args.url, args.sessions)
     elif args.what == "turn":
         result = bench.bench_turns(build_engine(_profile(args)))
     else:
@@ -357,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     ge.set_defaults(func=cmd_generate)
 
     be = with_profile(sub.add_parser("bench", help="measure; results go to docs/bench/"))
-    be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart"])
+    be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart",
+                                     "concurrency"])
+    be.add_argument("--url", default=None, help="concurrency: the running app's address")
+    be.add_argument("--sessions", type=positive_int, default=8, help="concurrency: at once")
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")
     be.add_argument("--captions", type=positive_int, default=1000,
                     help="generator: captions to draw")
@@ -405,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--val-limit", type=positive_int, default=None)
     f.add_argument("--steps", type=positive_int, default=4000)
     f.add_argument("--lr", type=float, default=5e-5)
-    f.add_argument("--out", default="assets/world-adafuse")
+    f.add_argument("--out", default=None, help="checkpoint folder (default: ITIR_HOME/"
+                   "fusions/<profile>-adafuse, where fusion = auto finds it)")
     f.add_argument("--threads", type=positive_int, default=2)
     f.add_argument("--resume", action="store_true", help="continue the run in --out")
     f.set_defaults(func=cmd_train_fusion)

@@ -24,6 +24,9 @@ class Encoder(Protocol):
     image_identity: str  # the image side alone: what image embeddings depend on
     dim: int
     num_parameters: int  # every weight used to embed, frozen text tower included
+    max_tokens: int  # the text window; longer text is cut by the tokenizer
+
+    def count_tokens(self, text: str) -> int: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
@@ -74,6 +77,10 @@ class WorldEncoder:
         self.image_identity = f"world-image@{tensor_digest(self.model.image.state_dict())}"
         self.num_parameters = sum(p.numel() for m in (self.model, text_tower.model)
                                   for p in m.parameters())
+        self.max_tokens = text_tower.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        return self.text_tower.count_tokens(text)
 
     @torch.no_grad()
     def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -124,6 +131,11 @@ class TransformersEncoder:
         self.batch_size = batch_size
         self.identity = self.image_identity = f"{self.kind}:{location}"
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.max_tokens = getattr(self, "max_tokens", None) or min(
+            self.processor.tokenizer.model_max_length, 512)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.processor.tokenizer(text)["input_ids"])
 
     def _load(self, location: str) -> None:
         raise NotImplementedError

@@ -7,6 +7,7 @@ weights are loaded once per process.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import torch
@@ -51,6 +52,8 @@ class TextTower(torch.nn.Module):
         # last few small calls so the second reader gets them without a second forward pass.
         self._memo: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = (
             OrderedDict())
+        # A fast tokenizer and the memo must not be used from two threads at once.
+        self.lock = threading.RLock()
 
     @property
     def device(self) -> torch.device:
@@ -58,6 +61,14 @@ class TextTower(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.lock:
+            return self._forward(texts)
+
+    def count_tokens(self, text: str) -> int:
+        with self.lock:
+            return len(self.tokenizer(text)["input_ids"])
+
+    def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple(texts)
         if key in self._memo:
             self._memo.move_to_end(key)

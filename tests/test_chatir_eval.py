@@ -100,3 +100,15 @@ def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys)
     # The caches make a second run cheap, and an ADaFuSE that is not there is explained.
     assert main([*args[:5], "--methods", "adafuse"]) == 2
     assert "has no ADaFuSE checkpoint for encoder" in capsys.readouterr().err
+
+
+def test_tables_fit_short_dialogs_and_controls_are_checked_first():
+    from evaluation.chatir import check_control, markdown_table
+
+    short = {"methods": {"x": {"hits@1": [1.0, 2.0], "hits@5": [3.0, 4.0], "hits@10": [5.0, 6.0],
+                               "bri": 0.5}}}
+    assert "| x | 1.0/3.0/5.0 | 2.0/4.0/6.0 | 0.500 |" in markdown_table(short)
+    assert check_control("unrelated:0.3") == "unrelated:0.3"
+    for bad in ("shufled", "unrelated:x", "unrelated:0"):
+        with pytest.raises(ValueError, match="unknown control"):
+            check_control(bad)

@@ -93,6 +93,8 @@ def test_feedback_moves_the_query_and_rejected_images_never_come_back(engine):
     assert session.state.outcome.status == "found" and session.state.outcome.path == liked
     with pytest.raises(ValueError, match="this search is over"):
         session.click(top, "more")
+    with pytest.raises(ValueError, match="This search is over"):
+        session.send("and a red circle")
     with pytest.raises(ValueError, match="more, less or found"):
         engine.session().click(top, "maybe")
 
@@ -124,3 +126,21 @@ def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, t
         f.write('{"session": "cut off in the mid')
     assert len(read_records([path])) == 4
     assert json.loads(path.read_text().splitlines()[0])["session"] == session.state.session_id
+
+
+def test_a_dialog_past_the_token_window_keeps_the_newest_answers_and_says_so(engine):
+    from dialog.query import fit_turns
+
+    session = engine.session()
+    session.send(" ".join(["a large red striped circle in the top left"] * 12))  # ~110 tokens
+    for answer in ("and a small blue star at the bottom", "the background is green",
+                   "there is also a yellow hexagon on the right"):
+        result = session.send(answer)
+    assert result.query.endswith("there is also a yellow hexagon on the right")
+    assert "background is green" in result.query
+    assert engine.encoder.count_tokens(result.query) <= engine.encoder.max_tokens
+    assert "longer than the text encoder reads (128 tokens)" in result.notice
+    # By hand: with a 9-word budget the oldest follow-up goes first.
+    count = lambda t: len(t.replace(",", " ").split())  # noqa: E731
+    fitted = fit_turns(["one two three", "a b", "c d", "e f", "g h"], count, 9)
+    assert fitted.texts == ["one two three", "c d", "e f", "g h"] and fitted.dropped == [1]

@@ -46,7 +46,7 @@ def test_results_from_many_folders_are_served_as_thumbnails(many_folders_app):
     url, root, _ = many_folders_app
     client = Client(url, verbose=False)
     _, chat, gallery, pseudo, *_ = client.predict("a red circle", api_name="/send")
-    assert len(chat) == 2 and len(gallery) == 8 and pseudo is None
+    assert len(chat) == 2 and len(gallery) == 8 and pseudo in (None, {"__type__": "update"})
     for item in gallery:
         with Image.open(item["image"]) as im:
             assert max(im.size) <= 256  # a thumbnail, not a copy of the 300px original
@@ -79,3 +79,53 @@ def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ITIR_PROFILE", "no-such-profile")
     assert app_main() == 2
     assert "profile 'no-such-profile' not found" in capsys.readouterr().err
+
+
+def test_sigkill_mid_session_keeps_every_finished_turn_and_restarts_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from engine.recorder import read_records
+
+    env = {**os.environ, "ITIR_HOME": str(tmp_path / "home"),
+           "ITIR_RECORDING_FOLDER": str(tmp_path / "records")}
+    port = 7950 + os.getpid() % 40
+
+    def serve():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "itir.cli", "serve", "--port", str(port), "--set",
+             "gallery.world_scenes=24"], cwd=tmp_path, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert proc.poll() is None, "itir serve exited"
+            try:
+                return proc, Client(f"http://127.0.0.1:{port}/", verbose=False)
+            except Exception:
+                time.sleep(0.3)
+        raise RuntimeError("itir serve did not come up")
+
+    proc, client = serve()
+    messages = ["a red circle", "it is large", "on a blue background", "and a green star",
+                "the star is small"]
+    for message in messages[:4]:
+        client.predict(message, api_name="/send")
+    threading.Thread(target=lambda: client.predict(messages[4], api_name="/send"),
+                     daemon=True).start()
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-turn, or just after: no chance to clean up
+    proc.wait()
+    records = read_records([tmp_path / "records"])
+    turns = [r for r in records if r["event"] == "turn"]
+    assert len(turns) >= 4 and [r["user_text"] for r in turns[:4]] == messages[:4]
+    assert len({r["session"] for r in records}) == 1
+    proc, client = serve()  # the same home: restarts without a complaint
+    try:
+        _, chat, *_ = client.predict("a yellow square", api_name="/send")
+        assert len(chat) == 2
+    finally:
+        proc.terminate()
+        proc.wait(20)

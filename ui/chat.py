@@ -61,14 +61,21 @@ def _decision(result: TurnResult) -> str:
 
 
 def _status(result: TurnResult, engine: Engine) -> str:
-    timings = " · ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in result.timings_ms.items())
+    stages = sorted(result.timings_ms.items(), key=lambda kv: kv[0] == "total")  # total last
+    timings = " · ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in stages)
     return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)} · "
             f"**Gallery:** {len(engine.index)} images · {timings}")
 
 
+def shown(image: Image.Image | None) -> Image.Image | None:
+    if image is not None and image.width < 128:  # 32x32 world images: keep pixels crisp
+        image = image.resize((128, 128), Image.NEAREST)
+    return image
+
+
 def empty_state(fusion: str = "") -> dict:
     return {"dialog": DialogState().to_dict(), "history": [], "hits": [], "selected": None,
-            "fusion": fusion}
+            "fusion": fusion, "query": None}
 
 
 def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
@@ -86,9 +93,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
                    for i, (p, s) in enumerate(state["hits"])]
         pseudo = gr.skip()
         if result is not None:
-            pseudo = result.pseudo_image
-            if pseudo is not None and pseudo.width < 128:  # 32x32 world images: crisp pixels
-                pseudo = pseudo.resize((128, 128), Image.NEAREST)
+            pseudo = shown(result.pseudo_image) if result.pseudo_image else gr.skip()
             status = _status(result, engine)
         selected = state["selected"]
         picked = (f"Selected: #{selected + 1} `{Path(state['hits'][selected][0]).name}`"
@@ -102,7 +107,9 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
                 else gr.skip(), *answer_buttons(options), picked, asked, state)
 
     def turn(state: dict, run) -> tuple:
-        session = engine.session(state["dialog"], state.get("fusion") or None)
+        # Results first: the pseudo-image, when the fusion does not need it, is drawn by the
+        # event that follows, so a turn's reply never waits for the diffusion model.
+        session = engine.session(state["dialog"], state.get("fusion") or None, display=False)
         try:
             result, said = run(session)
         except ValueError as e:  # bad input: an error API clients see too; nothing is lost
@@ -116,6 +123,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         state = {**state, "dialog": session.state.to_dict(), "history": history,
                  "hits": ([(h.path, h.score) for h in result.hits] if result
                           else state["hits"]),
+                 "query": result.query if result else state.get("query"),
                  "selected": None if result else state["selected"]}
         return render(state, result)
 
@@ -144,6 +152,12 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
             path = state["hits"][state["selected"]][0]
             return turn(state, lambda s: (s.click(path, kind), f"{said}: {Path(path).name}"))
         return handler
+
+    def draw(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        if not state.get("query"):
+            return gr.skip()
+        image = engine.pseudo_image(state["query"])  # exactly what the turn searched
+        return shown(image) if image is not None else gr.skip()
 
     def choose_fusion(name: str, state: dict):
         return {**state, "fusion": name}
@@ -191,21 +205,31 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         # Turns share the models, the generator's cache and the scheduler's state, which are
         # not thread-safe: `concurrency` turns at a time (1 unless the engine says more).
         run = {"concurrency_id": "turn", "concurrency_limit": concurrency}
-        box.submit(send, [box, state], outputs, api_name="send", **run)
-        send_btn.click(send, [box, state], outputs, api_name="send_button", **run)
+        # The generator is not thread-safe either, and is slow: its own single lane.
+        then_draw = {"fn": draw, "inputs": [state], "outputs": [pseudo], "api_name": False,
+                     "concurrency_id": "draw", "concurrency_limit": 1}
+        box.submit(send, [box, state], outputs, api_name="send", **run).then(
+            **{**then_draw, "api_name": "pseudo_image"})  # API clients fetch it with this
+        send_btn.click(send, [box, state], outputs, api_name="send_button", **run
+                       ).then(**then_draw)
         for button in answers:
-            button.click(answer, [button, state], outputs, api_name=False, **run)
+            button.click(answer, [button, state], outputs, api_name=False, **run
+                         ).then(**then_draw)
         typed_answer = gr.Textbox(visible=False)  # API clients answer by text
         gr.Button(visible=False).click(answer, [typed_answer, state], outputs,
-                                       api_name="answer", **run)
-        gallery.select(select, [state], outputs, api_name=False)
+                                       api_name="answer", **run).then(**then_draw)
+        # Everything that writes the state runs in the turn lane, so a click during a turn
+        # waits for it instead of racing it and losing one of the two.
+        gallery.select(select, [state], outputs, api_name=False, **run)
         rank = gr.Number(visible=False, precision=0)  # API clients select by rank (1-based)
         gr.Button(visible=False).click(select_by_index, [rank, state], outputs,
-                                       api_name="select")
-        more.click(mark("more"), [state], outputs, api_name="more_like_this", **run)
-        less.click(mark("less"), [state], outputs, api_name="not_this", **run)
+                                       api_name="select", **run)
+        more.click(mark("more"), [state], outputs, api_name="more_like_this", **run
+                   ).then(**then_draw)
+        less.click(mark("less"), [state], outputs, api_name="not_this", **run
+                   ).then(**then_draw)
         found.click(mark("found"), [state], outputs, api_name="this_is_it", **run)
-        fusion.change(choose_fusion, [fusion, state], [state], api_name="fusion")
-        reset_btn.click(reset, [state], outputs, api_name="reset")
-        chat.clear(reset, [state], outputs, api_name="clear")
+        fusion.change(choose_fusion, [fusion, state], [state], api_name="fusion", **run)
+        reset_btn.click(reset, [state], outputs, api_name="reset", **run)
+        chat.clear(reset, [state], outputs, api_name="clear", **run)
     return demo
