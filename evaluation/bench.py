@@ -229,15 +229,18 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}
 
 
-def bench_concurrency(url: str, sessions: int = 8, turns: int = 4) -> dict:
+def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
+                      download_files: bool = False) -> dict:
     """Turn latency seen by `gradio_client` users of a running app: one session alone, then
-    `sessions` at once; and whether any session saw another's dialog."""
+    `sessions` at once; and whether any session saw another's dialog. By default the client
+    does not fetch the result images (gradio_client fetches them one by one, ~30 ms each,
+    which would measure the client rather than the app)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gradio_client import Client
 
     def one_session(i: int) -> tuple[list[float], bool]:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=download_files)
         client.predict(api_name="/reset")
         dialog = make_dialog(sample_scene(split_seed("test", i)))
         seconds, isolated = [], True
@@ -253,6 +256,7 @@ def bench_concurrency(url: str, sessions: int = 8, turns: int = 4) -> dict:
         runs = list(pool.map(one_session, range(2, 2 + sessions)))
     together = [s for seconds, _ in runs for s in seconds]
     single, busy = percentiles_ms(alone), percentiles_ms(together)
-    return {"url": url, "sessions": sessions, "turns": turns, "single": single,
+    return {"url": url, "sessions": sessions, "turns": turns,
+            "client_fetches_images": download_files, "single": single,
             "concurrent": busy, "p95_over_single_p50": round(busy["p95_ms"] / single["p50_ms"], 2),
             "isolated": all(ok for _, ok in runs)}

@@ -140,8 +140,12 @@ def clause_states(tower, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor
     concatenate its clauses' token states: (states [B, L, W], mask [B, L], clause_ids [B, L]).
     An empty prompt reads as the empty string's states."""
     per_prompt = [split_clauses(p) or [""] for p in prompts]
-    states, mask = tower([c for cs in per_prompt for c in cs])
-    rows = iter([states[i, mask[i]] for i in range(len(states))])
+    flat = [c for cs in per_prompt for c in cs]
+    if hasattr(tower, "states_each"):  # remembers clauses across calls
+        rows = iter(tower.states_each(flat))
+    else:
+        states, mask = tower(flat)
+        rows = iter([states[i, mask[i]] for i in range(len(states))])
     return pack_clauses([[next(rows) for _ in cs] for cs in per_prompt])
 
 

@@ -52,7 +52,8 @@ class TextTower(torch.nn.Module):
         # last few small calls so the second reader gets them without a second forward pass.
         self._memo: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = (
             OrderedDict())
-        # A fast tokenizer and the memo must not be used from two threads at once.
+        self._each: OrderedDict[str, torch.Tensor] = OrderedDict()  # see states_each
+        # A fast tokenizer and the memos must not be used from two threads at once.
         self.lock = threading.RLock()
 
     @property
@@ -63,6 +64,27 @@ class TextTower(torch.nn.Module):
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.lock:
             return self._forward(texts)
+
+    @torch.no_grad()
+    def states_each(self, texts: list[str]) -> list[torch.Tensor]:
+        """Each text's own token states [L_i, W] (padding removed), remembered per text.
+
+        The generator reads a dialog clause by clause, and a dialog grows by one clause per
+        turn while many clauses ("how many objects are there? two") recur across dialogs:
+        only clauses not seen lately go through the model."""
+        with self.lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._each))
+            if missing:
+                states, mask = self._forward(missing)
+                for i, text in enumerate(missing):
+                    self._each[text] = states[i, mask[i]]
+            out = []
+            for text in texts:
+                self._each.move_to_end(text)
+                out.append(self._each[text])
+            while len(self._each) > 4096:
+                self._each.popitem(last=False)
+            return out
 
     def count_tokens(self, text: str) -> int:
         with self.lock:

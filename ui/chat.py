@@ -205,29 +205,26 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         # Turns share the models, the generator's cache and the scheduler's state, which are
         # not thread-safe: `concurrency` turns at a time (1 unless the engine says more).
         run = {"concurrency_id": "turn", "concurrency_limit": concurrency}
-        # The generator is not thread-safe either, and is slow: its own single lane.
-        then_draw = {"fn": draw, "inputs": [state], "outputs": [pseudo], "api_name": False,
-                     "concurrency_id": "draw", "concurrency_limit": 1}
-        box.submit(send, [box, state], outputs, api_name="send", **run).then(
-            **{**then_draw, "api_name": "pseudo_image"})  # API clients fetch it with this
-        send_btn.click(send, [box, state], outputs, api_name="send_button", **run
-                       ).then(**then_draw)
+        # The pseudo-image is drawn when a search's status appears: an event of its own (in
+        # its own lane: the generator is slow), so neither the reply nor an API client's
+        # call waits for it. API clients that want it ask `/pseudo_image`.
+        status.change(draw, [state], [pseudo], api_name="pseudo_image",
+                      concurrency_id="draw", concurrency_limit=1)
+        box.submit(send, [box, state], outputs, api_name="send", **run)
+        send_btn.click(send, [box, state], outputs, api_name="send_button", **run)
         for button in answers:
-            button.click(answer, [button, state], outputs, api_name=False, **run
-                         ).then(**then_draw)
+            button.click(answer, [button, state], outputs, api_name=False, **run)
         typed_answer = gr.Textbox(visible=False)  # API clients answer by text
         gr.Button(visible=False).click(answer, [typed_answer, state], outputs,
-                                       api_name="answer", **run).then(**then_draw)
+                                       api_name="answer", **run)
         # Everything that writes the state runs in the turn lane, so a click during a turn
         # waits for it instead of racing it and losing one of the two.
         gallery.select(select, [state], outputs, api_name=False, **run)
         rank = gr.Number(visible=False, precision=0)  # API clients select by rank (1-based)
         gr.Button(visible=False).click(select_by_index, [rank, state], outputs,
                                        api_name="select", **run)
-        more.click(mark("more"), [state], outputs, api_name="more_like_this", **run
-                   ).then(**then_draw)
-        less.click(mark("less"), [state], outputs, api_name="not_this", **run
-                   ).then(**then_draw)
+        more.click(mark("more"), [state], outputs, api_name="more_like_this", **run)
+        less.click(mark("less"), [state], outputs, api_name="not_this", **run)
         found.click(mark("found"), [state], outputs, api_name="this_is_it", **run)
         fusion.change(choose_fusion, [fusion, state], [state], api_name="fusion", **run)
         reset_btn.click(reset, [state], outputs, api_name="reset", **run)
