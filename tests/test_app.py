@@ -40,7 +40,7 @@ def test_a_dialog_answers_by_button_marks_results_and_ends_found(client):
     scores = [float(c.split(" · ")[1]) for c in captions]
     assert scores == sorted(scores, reverse=True)
     question = first["question"]
-    assert f"**{question}**" in text(first["chat"][-1])
+    assert f"**{question[:1].upper() + question[1:]}**" in text(first["chat"][-1])
     second = turn(client, first["answers"][0], api_name="/answer")
     assert f"{question.rstrip('?')}? {first['answers'][0]}" in second["status"]
     assert "Round 2" in text(second["chat"][-1])

@@ -41,7 +41,8 @@ def _reply(result: TurnResult) -> str:
     if result.notice:
         lines.append(as_text(result.notice))
     if result.question:
-        lines.append(f"\n\n**{result.question}** Pick an answer below or type your own.")
+        asked = result.question[:1].upper() + result.question[1:]
+        lines.append(f"\n\n**{asked}** Pick an answer below or type your own.")
     else:
         lines.append("Add more detail (colours, shapes, sizes, where things are).")
     return " ".join(lines)
