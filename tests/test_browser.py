@@ -37,6 +37,7 @@ def test_chat_in_chromium_answers_selects_and_finds(world_app, tmp_path):
         gallery.nth(2).click()
         expect(page.get_by_text("Selected: #3")).to_be_visible(timeout=10_000)
         if os.environ.get("ITIR_SCREENSHOT"):  # docs/ui.png is made this way
+            page.wait_for_timeout(3000)  # let the pseudo-image's own event finish drawing
             page.screenshot(path=os.environ["ITIR_SCREENSHOT"])
         page.get_by_role("button", name="This is it").click()
         expect(page.get_by_text("Found at round 2")).to_be_visible(timeout=30_000)
