@@ -210,7 +210,8 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         # its own lane: the generator is slow), so neither the reply nor an API client's
         # call waits for it. API clients that want it ask `/pseudo_image`.
         status.change(draw, [state], [pseudo], api_name="pseudo_image",
-                      concurrency_id="draw", concurrency_limit=1)
+                      concurrency_id="draw", concurrency_limit=1,
+                      trigger_mode="always_last")  # a drawing the next turn made stale is dropped
         box.submit(send, [box, state], outputs, api_name="send", **run)
         send_btn.click(send, [box, state], outputs, api_name="send_button", **run)
         for button in answers:
