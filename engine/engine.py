@@ -20,7 +20,7 @@ from engine.profile import Profile
 from engine.questioner import Asked, Questioner
 from engine.recorder import Recorder
 from engine.session import SearchSession
-from fusion import Fusion, TextOnly
+from fusion import BUILT_IN, Fusion, TextOnly
 from generation.base import GenerationError, Generator
 from retrieval.encoders import Encoder
 from retrieval.index import IndexMismatchError, VectorIndex
@@ -66,18 +66,12 @@ class Engine:
         self.questioner, self.recorder = questioner, recorder
         self.reformulate = get_reformulation(profile.reformulation)
         self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
-
-    @property
-    def fusions(self) -> dict[str, Fusion]:
-        """What a person may switch between: the profile's fusion and, with a generator,
-        the built-in static ones."""
-        from fusion import BUILT_IN
-
-        out = {self.fusion.name: self.fusion}
+        # What a person may switch between: the profile's fusion and, with a generator,
+        # the built-in static ones.
+        self.fusions: dict[str, Fusion] = {fusion.name: fusion}
         for name, cls in BUILT_IN.items():
-            if name not in out and (self.generator is not None or not cls.uses_image):
-                out[name] = cls()
-        return out
+            if name not in self.fusions and (generator is not None or not cls.uses_image):
+                self.fusions[name] = cls()
 
     def search(self, query: str, round_: int = 0, k: int | None = None,
                liked: list[str] = (), rejected: list[str] = (),

@@ -203,14 +203,13 @@ def env_overrides(environ: dict[str, str] | None = None) -> list[str]:
     name no profile field (ITIR_HOME, ITIR_PROFILE) are not overrides."""
     environ = os.environ if environ is None else environ
     top = {f.name for f in fields(Profile)} - set(SECTIONS)
-    sections = SECTIONS
     out = []
     for key, value in sorted(environ.items()):
         if not key.startswith("ITIR_"):
             continue
         name = key.removeprefix("ITIR_").lower()
         section, _, rest = name.partition("_")
-        if section in sections and rest in {f.name for f in fields(sections[section])}:
+        if section in SECTIONS and rest in {f.name for f in fields(SECTIONS[section])}:
             out.append(f"{section}.{rest}={_as_toml(value)}")
         elif name in top:
             out.append(f"{name}={_as_toml(value)}")

@@ -41,7 +41,11 @@ class DialogSet:
     root: Path  # relative image paths resolve against it
     source: str  # the dialog file, for reports
     key: str  # digest of the whole file: caches are keyed by it, whatever `limit` keeps
-    total: int  # dialogs in the whole file
+    whole_file: list[list[str]]  # every dialog in the file (cached chunks may pass `limit`)
+
+    @property
+    def total(self) -> int:
+        return len(self.whole_file)
 
     @property
     def rounds(self) -> int:
@@ -82,7 +86,8 @@ def read_dialog_set(dialogs_file: str | Path, corpus_file: str | Path | None = N
             raise DialogFileError(f"{dialogs_file}: entry {n} has {len(item['dialog'])} "
                                   f"strings, entry 0 has {len(raw[0]['dialog'])}; every dialog "
                                   "needs the same number of rounds")
-    key, total = hashlib.sha256(dialogs_file.read_bytes()).hexdigest()[:16], len(raw)
+    key = hashlib.sha256(dialogs_file.read_bytes()).hexdigest()[:16]
+    whole_file = [item["dialog"] for item in raw]
     raw = raw[:limit] if limit else raw
     if corpus_file is None and (dialogs_file.parent / "corpus.json").is_file():
         corpus_file = dialogs_file.parent / "corpus.json"
@@ -98,7 +103,7 @@ def read_dialog_set(dialogs_file: str | Path, corpus_file: str | Path | None = N
     root = Path(images_root) if images_root is not None else dialogs_file.parent
     return DialogSet([item["dialog"] for item in raw],
                      np.array([where[item["img"]] for item in raw]), corpus, root,
-                     str(dialogs_file), key, total)
+                     str(dialogs_file), key, whole_file)
 
 
 def digest(*parts) -> str:
@@ -166,9 +171,7 @@ def default_cache() -> Path:
 def _round_queries(ds: DialogSet) -> list[str]:
     """Every round's query, dialog-major, for the whole file: a cached chunk is computed
     whole even where `limit` ends inside it, so later runs can reuse it."""
-    full = ([item["dialog"] for item in _read_json(Path(ds.source), "dialog")]
-            if ds.total > len(ds.dialogs) else ds.dialogs)
-    return [chatir_query(d[: r + 1]) for d in full for r in range(ds.rounds)]
+    return [chatir_query(d[: r + 1]) for d in ds.whole_file for r in range(ds.rounds)]
 
 
 def embed_queries(ds: DialogSet, encoder, cache: Path) -> np.ndarray:

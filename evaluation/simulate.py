@@ -37,9 +37,9 @@ def true_answer(question_id: str, scene: Scene) -> str | None:
             }.get(question_id)
 
 
-def full_rank(engine, result, target_id: int) -> int:
-    """The target's 0-based rank in the whole gallery under the turn's final query."""
-    scores = engine.index.vectors() @ result.query_vector[0]
+def full_rank(gallery: np.ndarray, result, target_id: int) -> int:
+    """The target's 0-based rank in the whole `gallery` [M, D] under the turn's query."""
+    scores = gallery @ result.query_vector[0]
     return int((scores > scores[target_id]).sum())
 
 
@@ -59,7 +59,7 @@ def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: boo
         result = session.send(partial_caption(scene, rng)[0])
         found = None
         for r in range(rounds + 1):
-            ranks[n, r] = full_rank(engine, result, target_id)
+            ranks[n, r] = full_rank(vectors, result, target_id)
             shown = [h.path for h in result.hits]
             if found is None and target in shown:
                 session.click(target, "found")

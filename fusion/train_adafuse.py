@@ -44,8 +44,6 @@ class FusionTrainConfig(TrainConfig):
     weight_decay: float = 0.05
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
-    eval_every: int = 500
-    checkpoint_every: int = 500
 
 
 def fusion_batches(text: np.ndarray, image: np.ndarray, target: np.ndarray, batch_size: int):
