@@ -36,14 +36,14 @@ def many_folders_app(tmp_path_factory, random_world_encoder, random_world_encode
                       encoder=replace(world.encoder, location=str(random_world_encoder_dir)))
     engine = Engine(profile, random_world_encoder, ensure_index(profile, random_world_encoder),
                     TextOnly())
-    demo = build_ui(engine, delete_cache=(1, 2))
+    demo = build_ui(engine, delete_cache=(1, 2), thumbnails=home / "thumbnails")
     _, url, _ = demo.launch(prevent_thread_lock=True)
-    yield url, root, demo
+    yield url, root, demo, home / "thumbnails"
     demo.close()
 
 
 def test_results_from_many_folders_are_served_as_thumbnails(many_folders_app):
-    url, root, _ = many_folders_app
+    url, root, _, _ = many_folders_app
     client = Client(url, verbose=False)
     _, chat, gallery, pseudo, *_ = client.predict("a red circle", api_name="/send")
     assert len(chat) == 2 and len(gallery) == 8 and pseudo in (None, {"__type__": "update"})
@@ -57,15 +57,20 @@ def test_results_from_many_folders_are_served_as_thumbnails(many_folders_app):
         assert e.value.code in (403, 404)
 
 
-def test_the_file_cache_is_swept(many_folders_app):
-    url, _, demo = many_folders_app
-    Client(url, verbose=False).predict("a blue star", api_name="/send")
-    served = {f for files in demo.temp_file_sets for f in files}
-    assert served and all(Path(f).exists() for f in served)
-    deadline = time.time() + 15
-    while any(Path(f).exists() for f in served) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not any(Path(f).exists() for f in served), "old files stay in Gradio's cache"
+def test_thumbnails_are_served_in_place_and_made_once(many_folders_app):
+    """No per-turn copy into Gradio's cache (which is swept) and no re-encoding: the second
+    search showing the same images serves the very same thumbnail files."""
+    url, _, demo, thumbnails = many_folders_app
+    client = Client(url, verbose=False, download_files=False)
+    first = client.predict("a blue star", api_name="/send")[2]
+    made = {p: p.stat().st_mtime_ns for p in thumbnails.iterdir()}
+    client.predict(api_name="/reset")
+    again = client.predict("a blue star", api_name="/send")[2]
+    assert [g["image"]["path"] for g in again] == [g["image"]["path"] for g in first]
+    for item in first:
+        assert Path(item["image"]["path"]).parent == thumbnails.resolve()
+    assert {p: p.stat().st_mtime_ns for p in thumbnails.iterdir()} == made
+    assert not {f for files in demo.temp_file_sets for f in files} & set(map(str, made))
 
 
 def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,8 @@ from PIL import Image
 
 from dialog import DialogState
 from engine.engine import Engine, TurnResult
-from ui.thumbnails import thumbnail
+from engine.paths import home
+from ui.thumbnails import Thumbnails
 
 INTRO = ("Describe the picture you are looking for. Answer the question with a button or in "
          "your own words; select a result to say *more like this*, *not this* or *this is "
@@ -80,8 +81,11 @@ def empty_state(fusion: str = "") -> dict:
 
 
 def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
-             concurrency: int = 1) -> gr.Blocks:
+             concurrency: int = 1, thumbnails: Path | None = None) -> gr.Blocks:
+    """The chat app over `engine`; result thumbnails are kept in `thumbnails` (default
+    `ITIR_HOME/thumbnails`)."""
     fusions = list(engine.fusions)
+    thumbnail = Thumbnails(thumbnails or home() / "thumbnails")
 
     def answer_buttons(options: list[str]) -> list:
         return [gr.update(value=options[i], visible=True) if i < len(options)
