@@ -64,6 +64,7 @@ class Engine:
         self.profile, self.encoder, self.index = profile, encoder, index
         self.fusion, self.generator = fusion, generator
         self.questioner, self.recorder = questioner, recorder
+        self.notice: str | None = None  # about the setup, for every session (e.g. a fallback)
         self.reformulate = get_reformulation(profile.reformulation)
         self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
         # What a person may switch between: the profile's fusion and, with a generator,

@@ -43,7 +43,8 @@ def load_models(profile: Profile, with_encoder: bool = True,
               or (with_generator and generation.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
     encoder = retrieval.load_encoder(enc, device, tower) if with_encoder else None
-    generator = generation.load_generator(gen, device, tower) if with_generator else None
+    generator = (generation.load_generator(gen, device, tower, profile.torch_dtype)
+                 if with_generator else None)
     return Models(encoder, generator, tower)
 
 
@@ -60,11 +61,18 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     # No pseudo-image is needed when neither the fusion nor the person will look at it.
     needs_image = auto or fusion.uses_image or profile.show_pseudo_image
     models = load_models(profile, with_generator=with_generator and needs_image)
+    notice = None
     if auto and models.generator is not None:
-        fusion = auto_fusion(models.encoder)
+        fusion = auto_fusion(models.encoder, profile.fusion_fallback)
+        if fusion.name == profile.fusion_fallback:
+            notice = (f"no ADaFuSE checkpoint for encoder {models.encoder.identity}: fusing "
+                      f"with {fusion.name} (train one with `itir train-fusion`)")
+            print(f"itir: {notice}", file=sys.stderr)
     index = ensure_index(profile, models.encoder, progress)
-    return Engine(profile, models.encoder, index, fusion, models.generator,
-                  load_questioner(profile, models.encoder), load_recorder(profile))
+    engine = Engine(profile, models.encoder, index, fusion, models.generator,
+                    load_questioner(profile, models.encoder), load_recorder(profile))
+    engine.notice = notice
+    return engine
 
 
 def load_recorder(profile: Profile) -> Recorder | None:
@@ -85,12 +93,12 @@ def load_questioner(profile: Profile, encoder: Encoder) -> Questioner | None:
                       spec.options)
 
 
-def auto_fusion(encoder: Encoder) -> Fusion:
+def auto_fusion(encoder: Encoder, fallback: str = "text") -> Fusion:
     """ADaFuSE where a checkpoint for this encoder ships in assets/ or was trained into
-    ITIR_HOME/fusions/, else the text alone (never a static fusion that may hurt)."""
+    ITIR_HOME/fusions/, else the built-in `fallback` (the profile's `fusion_fallback`)."""
     # The user's own (trained into ITIR_HOME) before the shipped one.
     found = find_checkpoint(encoder.identity, [home() / "fusions", assets_dir()])
-    return load_fusion(found) if found is not None else TextOnly()
+    return load_fusion(found if found is not None else fallback)
 
 
 def check_index_exists(profile: Profile) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from engine.paths import assets_dir, home, profiles_dir
 from fusion.factory import AUTO, BUILT_IN
 from generation.factory import GeneratorSpec
+from retrieval.device import DTYPES, resolve_dtype
 from retrieval.factory import EncoderSpec
 
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
@@ -59,8 +60,10 @@ class RecordingSpec:
 class Profile:
     name: str = "world"
     device: str = "auto"  # auto = cuda, then mps, else cpu
+    dtype: str = "auto"  # the generator's: auto = float16 on cuda, else float32
     top_k: int = 12
     fusion: str = "text"  # a built-in fusion name, a checkpoint folder, or auto (fusion/)
+    fusion_fallback: str = "dar"  # what auto uses when no checkpoint fits the encoder
     reformulation: str = "chatir"  # dialog -> query (dialog/query.py)
     show_pseudo_image: bool = True  # draw it for the person even when the fusion ignores it
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -77,6 +80,12 @@ class Profile:
         if self.generator.samples < 1:
             raise ValueError(f"profile {self.name!r}: [generator] samples must be at least 1, "
                              f"got {self.generator.samples}")
+        if self.fusion_fallback not in BUILT_IN:
+            raise ValueError(f"profile {self.name!r}: fusion_fallback must be one of "
+                             f"{sorted(BUILT_IN)}, got {self.fusion_fallback!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"profile {self.name!r}: dtype must be one of "
+                             f"{', '.join(DTYPES)}, got {self.dtype!r}")
         if self.gallery.index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"profile {self.name!r}: [gallery] index_kind must be auto, flat "
                              f"or hnsw, got {self.gallery.index_kind!r}")
@@ -140,6 +149,11 @@ class Profile:
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
 
+    @property
+    def torch_dtype(self) -> str:
+        """The generator's dtype on this profile's device (retrieval.device.resolve_dtype)."""
+        return resolve_dtype(self.dtype, self.torch_device)
+
     def with_overrides(self, **kw) -> Profile:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
@@ -163,7 +177,8 @@ class Profile:
         generator = "none" if gen.kind == "none" else (
             f"{gen.kind} {gen.location} ({gen.steps} steps, guidance {gen.guidance})")
         return (f"profile {self.name}: encoder {self.encoder.kind} {self.encoder.location} · "
-                f"generator {generator} · fusion {self.fusion} · device {self.torch_device}")
+                f"generator {generator} · fusion {self.fusion} · device {self.torch_device} "
+                f"({self.torch_dtype})")
 
 
 SECTIONS = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec,

@@ -26,7 +26,8 @@ def needs_text_tower(spec: GeneratorSpec) -> bool:
 
 
 def load_generator(spec: GeneratorSpec, device: str = "cpu",
-                   text_tower: TextTower | None = None) -> Generator | None:
+                   text_tower: TextTower | None = None, dtype: str = "float32"
+                   ) -> Generator | None:
     if spec.kind == "none":
         return None
     if spec.kind == "world":
@@ -40,5 +41,5 @@ def load_generator(spec: GeneratorSpec, device: str = "cpu",
         from generation.hub import HubGenerator
 
         return HubGenerator(spec.location, steps=spec.steps, guidance=spec.guidance,
-                            size=spec.size, device=device)
+                            size=spec.size, device=device, dtype=dtype)
     raise ValueError(f"unknown generator kind {spec.kind!r}; expected one of {GENERATOR_KINDS}")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from generation.base import GenerationError, Generator
+from retrieval.device import gpu_decorated
 
 
 def _looks_like_path(location: str) -> bool:
@@ -15,31 +16,21 @@ def _looks_like_path(location: str) -> bool:
         or location.count("/") > 1
 
 
-def gpu_decorated(fn):
-    """On a Hugging Face ZeroGPU Space, `spaces.GPU` attaches a GPU per call; elsewhere the
-    `spaces` package is absent and the function runs as it is."""
-    try:
-        import spaces
-    except ImportError:
-        return fn
-    return spaces.GPU(fn)
-
-
 class HubGenerator(Generator):
     def __init__(self, location: str, steps: int = 1, guidance: float = 0.0,
-                 size: int | None = None, device: str = "cpu", cache_size: int = 64):
+                 size: int | None = None, device: str = "cpu", dtype: str = "float32",
+                 cache_size: int = 64):
         from diffusers import AutoPipelineForText2Image
 
         super().__init__(cache_size)
         if _looks_like_path(location) and not Path(location).expanduser().exists():
             raise GenerationError(f"generator folder {location} does not exist; give a folder "
                                   "saved with `pipeline.save_pretrained` or a hub id")
-        # fp16 halves memory and doubles speed on a GPU; CPU kernels want float32.
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        self.dtype = dtype  # the profile's choice (retrieval.device.resolve_dtype)
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
                 str(Path(location).expanduser()) if _looks_like_path(location) else location,
-                dtype=dtype)
+                dtype=getattr(torch, dtype))
         except (OSError, ValueError) as e:
             raise GenerationError(
                 f"could not load text-to-image model {location!r}: {str(e).splitlines()[0]}. "

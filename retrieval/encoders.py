@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from retrieval.device import gpu_decorated
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
@@ -129,6 +130,9 @@ class TransformersEncoder:
         self.model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        if self.device.type == "cuda":  # on a ZeroGPU Space, a GPU is attached per call
+            self.encode_texts = gpu_decorated(self.encode_texts)
+            self.encode_images = gpu_decorated(self.encode_images)
         self.identity = self.image_identity = f"{self.kind}:{location}"
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.max_tokens = getattr(self, "max_tokens", None) or min(

@@ -135,7 +135,8 @@ def clip_hub_profile(request, tmp_path, tiny_clip_dir, tiny_blip_dir, tiny_sd_fo
     path = tmp_path / "real.toml"
     path.write_text(f'''name = "real-tiny"
 device = "cpu"
-fusion = "dar"
+fusion = "auto"
+fusion_fallback = "dar"
 top_k = 5
 index = "{tmp_path / 'real.itirx'}"
 [encoder]
@@ -155,6 +156,8 @@ folder = "{gallery}"
 def test_engine_runs_a_dialog_with_clip_or_blip_and_a_hub_pipeline(clip_hub_profile):
     engine = build_engine(clip_hub_profile)
     kind = clip_hub_profile.encoder.kind
+    # No learned fusion was trained for this encoder: DAR, and the person is told.
+    assert engine.fusion.name == "dar" and "no ADaFuSE checkpoint" in engine.notice
     assert len(engine.index) == 24 and engine.index.meta.encoder.startswith(f"{kind}:")
     session = engine.session()
     first = session.send("a red circle")
@@ -179,6 +182,22 @@ def test_unknown_profile_bad_keys_and_overrides_are_clear(tmp_path):
         load_profile("world", ["generator.steps=many"])
     with pytest.raises(ValueError, match="unknown section"):
         load_profile("world", ["gnerator.steps=2"])
+
+
+def test_dtype_policy_and_fallback_are_checked():
+    from retrieval.device import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") == "float16"
+    assert resolve_dtype("auto", "cpu") == resolve_dtype("auto", "mps") == "float32"
+    assert resolve_dtype("bfloat16", "cuda:1") == "bfloat16"
+    with pytest.raises(ValueError, match="needs a GPU"):
+        resolve_dtype("float16", "cpu")
+    profile = load_profile("world", ["device=cpu"])
+    assert profile.torch_dtype == "float32" and "device cpu (float32)" in profile.describe()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_profile("world", ["dtype=half"])
+    with pytest.raises(ValueError, match="fusion_fallback must be one of"):
+        load_profile("world", ["fusion_fallback=adafuse"])
 
 
 def test_environment_overrides_every_field_and_the_cli_wins(monkeypatch):
