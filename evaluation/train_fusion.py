@@ -61,7 +61,8 @@ def _at_rounds(hits: list[float]) -> str:
 def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | Path,
               steps: int, limit: int | None = None, val_limit: int | None = None,
               batch_size: int = 256, lr: float = 5e-5, seed: int = 0,
-              resume: bool = False) -> dict:
+              resume: bool = False, images_root: str | Path | None = None,
+              corpus: str | Path | None = None, val_corpus: str | Path | None = None) -> dict:
     """Embed (or reuse the caches of) both dialog sets with the profile's frozen encoder and
     generator, train, and write the checkpoint folder `out` with its card and loss curve."""
     from engine.factory import load_models
@@ -76,8 +77,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
         raise ValueError(f"profile {profile.name!r} has no generator: ADaFuSE fuses a "
                          "pseudo-image, so it needs one")
     encoder, generator, seed_g = models.encoder, models.generator, profile.generator.seed
-    train_set = read_dialog_set(train_file, limit=limit)
-    val_set = read_dialog_set(val_file, limit=val_limit)
+    train_set = read_dialog_set(train_file, corpus, images_root, limit=limit)
+    val_set = read_dialog_set(val_file, val_corpus, images_root, limit=val_limit)
     train_emb = embed_dialog_set(train_set, encoder, generator, seed=seed_g)
     val_emb = embed_dialog_set(val_set, encoder, generator, seed=seed_g)
     model_cfg = ADaFuSEConfig.for_encoder(encoder.dim, encoder.num_parameters, encoder.identity)
@@ -94,7 +95,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
         command=(f"itir train-fusion --profile {profile.name} --dialogs {train_file} "
                  f"--val-dialogs {val_file} --steps {steps}"
                  + (f" --limit {limit}" if limit else "")
-                 + (f" --val-limit {val_limit}" if val_limit else "") + f" --out {out}"),
+                 + (f" --val-limit {val_limit}" if val_limit else "")
+                 + (f" --images {images_root}" if images_root else "") + f" --out {out}"),
         **run_facts(cfg, log), **asdict(model_cfg), encoder_name=profile.encoder.kind,
         generator=generator.identity, gen_steps=generator.steps,
         gen_guidance=generator.guidance, gen_seed=seed_g, params=params,

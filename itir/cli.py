@@ -46,7 +46,8 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     profile = _profile(args)
     out = args.out or home() / "fusions" / f"{profile.name}-adafuse"
     best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
-                     args.limit, args.val_limit, lr=args.lr, resume=args.resume)
+                     args.limit, args.val_limit, lr=args.lr, resume=args.resume,
+                     images_root=args.images, corpus=args.corpus, val_corpus=args.val_corpus)
     print(f"wrote {out}", file=sys.stderr)
     if "step" in best:
         print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
@@ -416,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = with_profile(sub.add_parser("train-fusion", help="train ADaFuSE on dialog files"))
     f.add_argument("--dialogs", required=True, help="training dialogs (ChatIR JSON)")
     f.add_argument("--val-dialogs", required=True, help="validation dialogs (ChatIR JSON)")
+    f.add_argument("--images", default=None, metavar="ROOT", help="image paths of both files "
+                   "resolve against ROOT (default: each dialog file's folder)")
+    f.add_argument("--corpus", default=None, help="train corpus JSON (default: corpus.json "
+                   "beside the dialogs, else their targets)")
+    f.add_argument("--val-corpus", default=None, help="validation corpus JSON (e.g. ChatIR's "
+                   "Search_Space_val_50k.json)")
     f.add_argument("--limit", type=positive_int, default=None, help="first N train dialogs")
     f.add_argument("--val-limit", type=positive_int, default=None)
     f.add_argument("--steps", type=positive_int, default=4000)
