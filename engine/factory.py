@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.engine import Engine
 from engine.paths import assets_dir, home
@@ -101,6 +102,27 @@ def auto_fusion(encoder: Encoder, fallback: str = "text") -> Fusion:
     return load_fusion(found if found is not None else fallback)
 
 
+IMAGE_PATTERNS = [f"*.{ext}" for ext in ("jpg", "jpeg", "png", "webp", "bmp", "JPG", "JPEG",
+                                          "PNG")]
+
+
+def fetch_dataset(repo_id: str, folder: Path) -> Path:
+    """The image files of a Hugging Face dataset repository, downloaded once into `folder`
+    (resumable; offline, a folder fetched before is used as it is)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, repo_type="dataset", local_dir=folder,
+                          allow_patterns=IMAGE_PATTERNS + [f"**/{p}" for p in IMAGE_PATTERNS])
+    except Exception as e:  # offline, no such dataset, no rights: one line says what to do
+        reason = " ".join(str(e).split())[:200]
+        raise FileNotFoundError(
+            f"could not fetch the gallery dataset {repo_id!r}: {reason}. Offline, download it "
+            f"on a connected machine (`hf download {repo_id} --repo-type dataset --local-dir "
+            "DIR`) and set [gallery] folder = DIR (or `--set gallery.folder=DIR`)") from None
+    return folder
+
+
 def check_index_exists(profile: Profile) -> None:
     """An index named by hand that is not there is a typo or a forgotten `itir index`: say so
     (before any model loads) rather than fill it with world scenes."""
@@ -137,6 +159,8 @@ def ensure_index(profile: Profile, encoder: Encoder,
             n = profile.gallery.world_scenes
             build_split(n, "test", folder,
                         progress=progress and (lambda i, t: progress(i, t, "rendering gallery")))
+    elif profile.gallery.dataset:
+        fetch_dataset(profile.gallery.dataset, folder)
     elif not folder.is_dir():
         raise FileNotFoundError(
             f"gallery folder {folder} does not exist; create it with your images or set "

@@ -26,6 +26,7 @@ ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever
 @dataclass(frozen=True)
 class GallerySpec:
     folder: str | None = None  # None: a rendered world test split of `world_scenes` images
+    dataset: str | None = None  # a Hugging Face dataset of images, fetched to ITIR_HOME/datasets
     world_scenes: int = 5000
     index_kind: str = "auto"  # flat (exact) | hnsw (approximate, fast) | auto: by size
     hnsw_above: int = 50_000  # auto: flat below this many images, HNSW from it on
@@ -89,6 +90,9 @@ class Profile:
         if self.gallery.index_kind not in ("auto", "flat", "hnsw"):
             raise ValueError(f"profile {self.name!r}: [gallery] index_kind must be auto, flat "
                              f"or hnsw, got {self.gallery.index_kind!r}")
+        if self.gallery.folder and self.gallery.dataset:
+            raise ValueError(f"profile {self.name!r}: [gallery] takes a folder or a dataset, "
+                             "not both")
         if self.world_gallery and self.gallery.world_scenes < 1:
             raise ValueError(f"profile {self.name!r}: [gallery] world_scenes must be at least "
                              f"1, got {self.gallery.world_scenes}")
@@ -117,6 +121,8 @@ class Profile:
 
     @property
     def gallery_folder(self) -> Path:
+        if self.gallery.dataset:
+            return home() / "datasets" / self.gallery.dataset.replace("/", "--")
         if self.gallery.folder:
             return Path(self.gallery.folder).expanduser().resolve()
         return home() / "galleries" / f"world-test-{self.gallery.world_scenes}"
@@ -124,7 +130,7 @@ class Profile:
     @property
     def world_gallery(self) -> bool:
         """The gallery is the app's own rendered world split (rebuildable at any time)."""
-        return self.gallery.folder is None
+        return self.gallery.folder is None and self.gallery.dataset is None
 
     @property
     def index_path(self) -> Path:

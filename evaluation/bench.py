@@ -116,14 +116,75 @@ def bench_index(encoder, n: int = 10000, queries: int = 200, k: int = 10) -> dic
         _, ids = hnsw.search(v[None], k)
         hnsw_s.append(time.perf_counter() - t0)
         overlap.append(len(set(ids[0]) & set(truth)) / k)
+    flat_ms, hnsw_ms = percentiles_ms(faiss_s), percentiles_ms(hnsw_s)
     return {"images": n, "build_seconds": build_s, "images_per_second": n / build_s,
             "load_seconds": load_s, "index": "faiss IndexFlatIP", "k": k,
-            "faiss_search": percentiles_ms(faiss_s),
-            "text_to_results": percentiles_ms(end_to_end_s),
+            "index_mb": _index_mb(index), "process_peak_rss_mb": _peak_rss_mb(),
+            "faiss_search": flat_ms, "text_to_results": percentiles_ms(end_to_end_s),
             "hnsw": {"index": "faiss IndexHNSWFlat (M 32, efSearch 128)",
-                     "build_seconds_from_vectors": hnsw_build_s,
+                     "build_seconds_from_vectors": hnsw_build_s, "index_mb": _index_mb(hnsw),
                      f"recall@{k}_vs_flat": float(np.mean(overlap)),
-                     "search": percentiles_ms(hnsw_s)}}
+                     "search": hnsw_ms,
+                     "p50_speedup_vs_flat": flat_ms["p50_ms"] / hnsw_ms["p50_ms"]}}
+
+
+def _index_mb(index) -> float:
+    """What the FAISS index holds in memory (its serialised size: vectors + graph)."""
+    import faiss
+
+    return faiss.serialize_index(index.faiss).nbytes / 2**20
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def bench_resume(n: int = 20000, threads: int = 2, timeout: float = 1200.0) -> dict:
+    """`itir index` over `n` rendered images (and 3 broken files) is SIGKILLed once its saved
+    index holds half of them; a second run must add exactly the rest, embedding nothing twice."""
+    import os
+    import signal
+
+    from retrieval.index import VectorIndex
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, path = Path(tmp) / "gallery", Path(tmp) / "g.itirx"
+        folder.mkdir()
+        for i, s in enumerate(tqdm(test_scenes(n), desc="render gallery", unit="img")):
+            render(s).save(folder / f"{i:06d}.png")
+        (folder / "notes.png").write_text("not an image")
+        (folder / "empty.jpg").write_bytes(b"")
+        (folder / "cut.png").write_bytes((folder / "000000.png").read_bytes()[:200])
+        command = [sys.executable, "-m", "itir.cli", "index", str(folder), "--index", str(path)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        start = time.perf_counter()
+        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        saved = 0
+        while saved < n // 2:
+            if first.poll() is not None or time.perf_counter() - start > timeout:
+                raise RuntimeError("the first run ended before half the gallery was saved")
+            time.sleep(0.2)
+            try:
+                saved = len(VectorIndex.read_meta(path).paths)
+            except (FileNotFoundError, ValueError):
+                saved = 0
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_s = time.perf_counter() - start
+        at_kill = len(VectorIndex.read_meta(path).paths)
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        resume_s = time.perf_counter() - start
+        index = VectorIndex.load(path)
+    paths = index.paths
+    return {"images": n, "broken_files": 3, "killed_after_seconds": killed_s,
+            "indexed_at_kill": at_kill, "resume_seconds": resume_s,
+            "resume_exit_code": done.returncode, "resume_report": done.stdout.strip()[-400:],
+            "indexed_after_resume": len(paths), "distinct_paths": len(set(paths)),
+            "every_readable_image_once": len(paths) == len(set(paths)) == n}
 
 
 def bench_generator(encoder, generator, n_gallery: int = 5000, n_captions: int = 1000,

@@ -268,6 +268,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError("bench concurrency measures a running app: start `itir serve` "
                              "and give its address with --url http://127.0.0.1:7860/")
         result = bench.bench_concurrency(args.url, args.sessions)
+    elif args.what == "resume":
+        result = bench.bench_resume(args.n or 20000, args.threads)
     elif args.what == "turn":
         result = bench.bench_turns(build_engine(_profile(args)))
     else:
@@ -285,7 +287,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result["dialogs"] = bench_dialog_fidelity(
                 models.encoder, models.generator, args.dialogs, args.n or 5000,
                 grid_path=bench.DOCS / "generator-dialog-samples.png")
-    path = bench.write_result(args.what, result)
+    sized = args.what == "index" and args.n not in (None, 10000)  # keep the 10k result
+    path = bench.write_result(f"index-{args.n}" if sized else args.what, result)
     if args.what == "encoder":
         print(plots.encoder_recall(result, bench.DOCS / "encoder-recall.png"), file=sys.stderr)
     if args.what == "generator":
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = with_profile(sub.add_parser("bench", help="measure; results go to docs/bench/"))
     be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart",
-                                     "concurrency"])
+                                     "resume", "concurrency"])
     be.add_argument("--url", default=None, help="concurrency: the running app's address")
     be.add_argument("--sessions", type=positive_int, default=8, help="concurrency: at once")
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")

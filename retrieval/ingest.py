@@ -34,15 +34,15 @@ class IngestReport:
 
 def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
                  rebuild: bool = False, batch_size: int = 64,
-                 progress: Progress | None = None, checkpoint_seconds: float = 60.0,
+                 progress: Progress | None = None, checkpoint_seconds: float = 10.0,
                  index_kind: str = "auto", hnsw_above: int = 50_000,
                  ) -> tuple[VectorIndex, IngestReport]:
     """Embed every image under `folder` not yet in the index at `index_path`, then save.
 
-    The index is also saved (atomically) at most every `checkpoint_seconds` while it grows,
-    so an interrupted run over a large folder resumes where it stopped: the next run embeds
-    only what is not in the saved index. Saving by time, not by count, keeps the rewrites of
-    a large index a small share of the work. An existing index built by another encoder
+    The index is also saved (atomically) every `checkpoint_seconds` while it grows (less
+    often once a save itself takes more than a tenth of that), so an interrupted run over a
+    large folder resumes where it stopped: the next run embeds only what is not in the saved
+    index. An existing index built by another encoder
     raises IndexMismatchError (unless `rebuild`). `index_kind` "auto" keeps an exact flat
     index below `hnsw_above` images and turns it into an HNSW graph above.
     """
@@ -57,13 +57,16 @@ def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
     todo = [p for p in found if str(p) not in known]
     report = IngestReport(already=len(found) - len(todo))
     bar = tqdm(total=len(todo), desc="index", unit="img", disable=not todo)
-    saved = time.monotonic()
+    saved, every = time.monotonic(), checkpoint_seconds
     for batch in iter_batches(todo, batch_size):
         if batch.images:
             index.add(encoder.encode_images(batch.images), batch.paths)
-            if time.monotonic() - saved >= checkpoint_seconds:
+            if time.monotonic() - saved >= every:
+                began = time.monotonic()
                 index.save(index_path)
                 saved = time.monotonic()
+                # A large index takes a while to rewrite: keep saving under ~10% of the work.
+                every = max(checkpoint_seconds, 10 * (saved - began))
         report.added += len(batch.paths)
         report.skipped.extend(batch.skipped)
         bar.update(len(batch.paths) + len(batch.skipped))

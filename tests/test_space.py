@@ -5,6 +5,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +46,44 @@ def test_app_py_imports_without_launching_and_exposes_the_builder():
     from itir.serve import build_app, main
 
     assert module.build_app is build_app and module.main is main
+
+
+def test_a_gallery_from_a_hub_dataset_fails_fast_offline_and_uses_a_fetched_copy(
+        tmp_path, monkeypatch, random_world_encoder, gallery_of):
+    """Offline (the tests' HF_HUB_OFFLINE): one clear message within seconds; a copy fetched
+    before into ITIR_HOME/datasets is indexed through the real snapshot_download path."""
+    import time
+    from dataclasses import replace
+
+    from engine.factory import ensure_index
+    from engine.profile import load_profile
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path))
+    profile = load_profile("world", ["gallery.dataset=someone/holiday-photos"])
+    profile = replace(profile, index=str(tmp_path / "d.itirx"))
+    assert profile.gallery_folder == tmp_path / "datasets" / "someone--holiday-photos"
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as e:
+        ensure_index(profile, random_world_encoder)
+    assert time.perf_counter() - start < 5
+    assert "could not fetch the gallery dataset 'someone/holiday-photos'" in str(e.value)
+    assert "--repo-type dataset --local-dir" in str(e.value)
+    gallery_of(profile.gallery_folder, 6)  # as a connected machine would have fetched it
+    index = ensure_index(profile, random_world_encoder)
+    assert len(index) == 6
+    with pytest.raises(ValueError, match="a folder or a dataset, not both"):
+        load_profile("world", ["gallery.dataset=a/b", "gallery.folder=/tmp"])
+
+
+def test_recording_to_a_hub_dataset_without_token_or_hub_records_locally(tmp_path,
+                                                                        monkeypatch):
+    from engine.recorder import Recorder
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    recorder = Recorder(tmp_path / "a", hub_dataset="someone/sessions")
+    assert recorder.scheduler is None and "set HF_TOKEN" in recorder.notice
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # the hub is unreachable here
+    recorder = Recorder(tmp_path / "b", hub_dataset="someone/sessions")
+    assert recorder.scheduler is None and "pushing to someone/sessions failed" in recorder.notice
+    recorder.write("0123abcd", {"event": "turn"})
+    assert (tmp_path / "b" / "0123abcd.jsonl").read_text().strip() == '{"event": "turn"}'
