@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from generation.base import GenerationError, Generator
-from retrieval.device import gpu_decorated
+from retrieval.device import gpu_decorated, offline_kwargs
 
 
 def _looks_like_path(location: str) -> bool:
@@ -30,7 +30,7 @@ class HubGenerator(Generator):
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
                 str(Path(location).expanduser()) if _looks_like_path(location) else location,
-                dtype=getattr(torch, dtype))
+                dtype=getattr(torch, dtype), **offline_kwargs(location))
         except (OSError, ValueError) as e:
             raise GenerationError(
                 f"could not load text-to-image model {location!r}: {str(e).splitlines()[0]}. "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -27,3 +32,31 @@ def gpu_decorated(fn):
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers, asked once per process in at most `timeout` s.
+
+    Offline, transformers and diffusers retry the hub with back-off for half a minute before
+    saying a model is missing; asking first lets a hub id load from the local cache
+    (`local_files_only`) or fail with its message at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https"
+                                                             else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_kwargs(location: str) -> dict:
+    """`from_pretrained` keywords for `location`: a local folder loads as it is; a hub id
+    loads from the local cache only when the hub cannot be reached."""
+    if Path(location).expanduser().exists():
+        return {}
+    return {} if hub_reachable() else {"local_files_only": True}

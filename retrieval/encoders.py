@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from retrieval.device import gpu_decorated
+from retrieval.device import gpu_decorated, offline_kwargs
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
@@ -172,8 +172,8 @@ class CLIPEncoder(TransformersEncoder):
     def _load(self, location: str) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.model = CLIPModel.from_pretrained(location)
-        self.processor = CLIPProcessor.from_pretrained(location)
+        self.model = CLIPModel.from_pretrained(location, **offline_kwargs(location))
+        self.processor = CLIPProcessor.from_pretrained(location, **offline_kwargs(location))
         self.dim = self.model.config.projection_dim
 
     @staticmethod
@@ -202,8 +202,9 @@ class BLIPEncoder(TransformersEncoder):
     def _load(self, location: str) -> None:
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        self.model = BlipForImageTextRetrieval.from_pretrained(location)
-        self.processor = BlipProcessor.from_pretrained(location)
+        self.model = BlipForImageTextRetrieval.from_pretrained(location,
+                                                                **offline_kwargs(location))
+        self.processor = BlipProcessor.from_pretrained(location, **offline_kwargs(location))
         self.dim = self.model.config.image_text_hidden_size
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:

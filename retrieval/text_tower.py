@@ -13,6 +13,8 @@ from collections import OrderedDict
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from retrieval.device import offline_kwargs
+
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 128  # a ten-round dialog is about 110 tokens
 
@@ -37,8 +39,9 @@ class TextTower(torch.nn.Module):
         self.location = (minilm_location() if location in (None, MINILM_HUB_ID)
                          else location)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.location)
-            self.model = AutoModel.from_pretrained(self.location).to(device).eval()
+            offline = offline_kwargs(self.location)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.location, **offline)
+            self.model = AutoModel.from_pretrained(self.location, **offline).to(device).eval()
         except OSError as e:
             raise OSError(
                 f"could not load the text tower from {self.location!r}: {e}\n"

@@ -97,3 +97,26 @@ def test_blip_backend_loads_a_saved_retrieval_model_and_embeds_with_its_itc_head
 def test_hub_encoders_offline_say_how_to_use_a_local_copy(backend):
     with pytest.raises(OSError, match="hf download nobody/no-such-model --local-dir DIR"):
         backend("nobody/no-such-model")
+
+
+def test_an_unreachable_hub_fails_in_seconds_not_after_retries(monkeypatch):
+    """Without HF_HUB_OFFLINE, a hub that cannot be reached is noticed at once (one connect
+    attempt), and a model id not in the local cache fails with its message."""
+    import time
+
+    from huggingface_hub import constants
+
+    from retrieval import device
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    device.hub_reachable.cache_clear()
+    try:
+        start = time.perf_counter()
+        assert device.offline_kwargs("nobody/no-such-model") == {"local_files_only": True}
+        with pytest.raises(OSError, match="hf download nobody/no-such-model"):
+            CLIPEncoder("nobody/no-such-model")
+        assert time.perf_counter() - start < 5
+    finally:
+        device.hub_reachable.cache_clear()
+    assert device.offline_kwargs(".") == {}  # a local folder loads as it is
