@@ -133,3 +133,21 @@ def test_auto_fusion_finds_the_checkpoint_trained_for_the_encoder(tmp_path, monk
     ADaFuSE(small_head(encoder="enc@1")).save_pretrained(tmp_path / "fusions" / "b")
     found = auto_fusion(SimpleNamespace(identity="enc@1", dim=16))
     assert isinstance(found, ADaFuSE) and found.cfg.encoder == "enc@1"
+
+
+def test_the_shipped_world_checkpoint_is_what_the_world_profile_fuses_with(tmp_path,
+                                                                          monkeypatch):
+    """assets/world-adafuse was trained for the shipped world encoder: `fusion = "auto"`
+    picks it (no checkpoint of the user's own in ITIR_HOME), within the parameter budget."""
+    from engine.factory import auto_fusion, load_models
+    from engine.profile import load_profile
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path))
+    profile = load_profile("world")
+    encoder = load_models(profile, with_generator=False).encoder
+    fusion = auto_fusion(encoder, profile.fusion_fallback)
+    assert isinstance(fusion, ADaFuSE) and fusion.cfg.encoder == encoder.identity
+    assert ADaFuSEHead.count(fusion.cfg) <= BUDGET * encoder.num_parameters
+    t, g = unit(3, encoder.dim, seed=1), unit(3, encoder.dim, seed=2)
+    fused = fusion(t, g, np.array([0, 5, 10]))
+    assert np.allclose(np.linalg.norm(fused.query, axis=1), 1, atol=1e-5)
