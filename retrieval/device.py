@@ -60,3 +60,15 @@ def offline_kwargs(location: str) -> dict:
     if Path(location).expanduser().exists():
         return {}
     return {} if hub_reachable() else {"local_files_only": True}
+
+
+def check_reachable(location: str, marker: str = "config.json") -> None:
+    """Refuse, before any model library is imported, a hub id that is neither in the local
+    cache nor reachable (OSError, as `from_pretrained` would raise after its retries)."""
+    if Path(location).expanduser().exists() or hub_reachable():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(location, marker), str):
+        raise OSError(f"{location!r} is not in the local Hugging Face cache and the hub "
+                      "cannot be reached.")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from retrieval.device import gpu_decorated, offline_kwargs
+from retrieval.device import check_reachable, gpu_decorated, offline_kwargs
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
@@ -120,6 +120,7 @@ class TransformersEncoder:
 
     def __init__(self, location: str, device: str = "cpu", batch_size: int = 64):
         try:
+            check_reachable(location)  # offline: fail before importing transformers' models
             self._load(location)
         except OSError as e:
             raise OSError(
