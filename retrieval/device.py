@@ -69,6 +69,10 @@ def check_reachable(location: str, marker: str = "config.json") -> None:
         return
     from huggingface_hub import try_to_load_from_cache
 
-    if not isinstance(try_to_load_from_cache(location, marker), str):
+    try:
+        cached = try_to_load_from_cache(location, marker)
+    except ValueError:  # not a hub id at all: a folder that does not exist
+        cached = None
+    if not isinstance(cached, str):
         raise OSError(f"{location!r} is not in the local Hugging Face cache and the hub "
                       "cannot be reached.")
