@@ -65,8 +65,9 @@ def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
                 began = time.monotonic()
                 index.save(index_path)
                 saved = time.monotonic()
-                # A large index takes a while to rewrite: keep saving under ~10% of the work.
-                every = max(checkpoint_seconds, 10 * (saved - began))
+                if checkpoint_seconds:  # 0: after every batch (tests); else, as a large
+                    # index takes a while to rewrite, keep saving under ~10% of the work
+                    every = max(checkpoint_seconds, 10 * (saved - began))
         report.added += len(batch.paths)
         report.skipped.extend(batch.skipped)
         bar.update(len(batch.paths) + len(batch.skipped))

@@ -97,9 +97,19 @@ def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys)
     assert result["methods"]["dar"]["mean_decision_by_round"]["w_text"][:3] == [0.8, 0.8, 0.5]
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert set(result["controls"]["shuffled"]) == {"text", "image", "dar", "add"}
-    # The caches make a second run cheap, and an ADaFuSE that is not there is explained.
-    assert main([*args[:5], "--methods", "adafuse"]) == 2
-    assert "has no ADaFuSE checkpoint for encoder" in capsys.readouterr().err
+    # The caches make a second run cheap; the shipped ADaFuSE is the world encoder's.
+    assert main([*args[:5], "--methods", "text,adafuse", "--json", str(out)]) == 0
+    fused = json.loads(out.read_text())["methods"]["adafuse"]
+    assert len(fused["hits@10"]) == 11 and 0 < fused["mean_decision_by_round"]["lambda"][0] < 1
+    # An ADaFuSE that is not there for the encoder is explained.
+    from types import SimpleNamespace
+
+    from engine.profile import load_profile
+    from evaluation.chatir import resolve_methods
+
+    with pytest.raises(ValueError, match="has no ADaFuSE checkpoint for encoder"):
+        resolve_methods(["adafuse"], load_profile("world"), SimpleNamespace(identity="x@1",
+                                                                             dim=256))
 
 
 def test_tables_fit_short_dialogs_and_controls_are_checked_first():
