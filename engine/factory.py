@@ -22,6 +22,7 @@ from generation import factory as generation
 from generation.base import Generator
 from retrieval import factory as retrieval
 from retrieval.encoders import Encoder
+from retrieval.gallery import IMAGE_SUFFIXES
 from retrieval.index import IndexMismatchError, VectorIndex
 from retrieval.ingest import Progress, index_folder
 from retrieval.text_tower import TextTower
@@ -102,18 +103,17 @@ def auto_fusion(encoder: Encoder, fallback: str = "text") -> Fusion:
     return load_fusion(found if found is not None else fallback)
 
 
-IMAGE_PATTERNS = [f"*.{ext}" for ext in ("jpg", "jpeg", "png", "webp", "bmp", "JPG", "JPEG",
-                                          "PNG")]
-
-
 def fetch_dataset(repo_id: str, folder: Path) -> Path:
     """The image files of a Hugging Face dataset repository, downloaded once into `folder`
     (resumable; offline, a folder fetched before is used as it is)."""
     from huggingface_hub import snapshot_download
 
+    # What `itir index` reads, in any letter case, at any depth.
+    suffixes = [x for s in IMAGE_SUFFIXES for x in (s, s.upper())]
+    patterns = [f"{depth}*{s}" for s in suffixes for depth in ("", "**/")]
     try:
         snapshot_download(repo_id, repo_type="dataset", local_dir=folder,
-                          allow_patterns=IMAGE_PATTERNS + [f"**/{p}" for p in IMAGE_PATTERNS])
+                          allow_patterns=patterns)
     except Exception as e:  # offline, no such dataset, no rights: one line says what to do
         reason = " ".join(str(e).split())[:200]
         raise FileNotFoundError(

@@ -26,11 +26,11 @@ class HubGenerator(Generator):
         if _looks_like_path(location) and not Path(location).expanduser().exists():
             raise GenerationError(f"generator folder {location} does not exist; give a folder "
                                   "saved with `pipeline.save_pretrained` or a hub id")
-        self.dtype = dtype  # the profile's choice (retrieval.device.resolve_dtype)
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
                 str(Path(location).expanduser()) if _looks_like_path(location) else location,
-                dtype=getattr(torch, dtype), **offline_kwargs(location))
+                dtype=getattr(torch, dtype),  # the profile's (retrieval.device)
+                **offline_kwargs(location))
         except (OSError, ValueError) as e:
             raise GenerationError(
                 f"could not load text-to-image model {location!r}: {str(e).splitlines()[0]}. "

@@ -173,8 +173,9 @@ class CLIPEncoder(TransformersEncoder):
     def _load(self, location: str) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.model = CLIPModel.from_pretrained(location, **offline_kwargs(location))
-        self.processor = CLIPProcessor.from_pretrained(location, **offline_kwargs(location))
+        offline = offline_kwargs(location)
+        self.model = CLIPModel.from_pretrained(location, **offline)
+        self.processor = CLIPProcessor.from_pretrained(location, **offline)
         self.dim = self.model.config.projection_dim
 
     @staticmethod
@@ -203,9 +204,9 @@ class BLIPEncoder(TransformersEncoder):
     def _load(self, location: str) -> None:
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        self.model = BlipForImageTextRetrieval.from_pretrained(location,
-                                                                **offline_kwargs(location))
-        self.processor = BlipProcessor.from_pretrained(location, **offline_kwargs(location))
+        offline = offline_kwargs(location)
+        self.model = BlipForImageTextRetrieval.from_pretrained(location, **offline)
+        self.processor = BlipProcessor.from_pretrained(location, **offline)
         self.dim = self.model.config.image_text_hidden_size
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
