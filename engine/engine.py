@@ -48,6 +48,7 @@ class TurnResult:
     question_id: str | None = None
     options: list[str] = field(default_factory=list)  # its likeliest answers
     query_vector: np.ndarray | None = None  # [1, D]: what the index was searched with
+    domains: dict[str, float] = field(default_factory=dict)  # the pseudo-image's routing
 
 
 class Engine:
@@ -98,7 +99,7 @@ class Engine:
         chosen = fusion or self.fusion
         t = self.encoder.encode_texts([query])
         lap("encode_text")
-        image, g, notice = None, None, None
+        image, g, notice, routed = None, None, None, {}
         draw = chosen.uses_image or (display and self.profile.show_pseudo_image)
         if self.generator is not None and draw:
             spec = self.profile.generator
@@ -115,6 +116,7 @@ class Engine:
                 # The mean of K samples' embeddings: what the K drawings agree on.
                 g = self.encoder.encode_images(images).mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
+                routed = self._routing(images[0])
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
@@ -125,7 +127,15 @@ class Engine:
         lap("search")
         timings["total"] = (time.perf_counter() - start) * 1e3
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
-                          timings, query_vector=query_vector)
+                          timings, query_vector=query_vector, domains=routed)
+
+    def _routing(self, image: Image.Image) -> dict[str, float]:
+        """Which image domains' adapters embedded `image` (empty without domains)."""
+        route = getattr(self.encoder, "route", None)
+        if route is None or not getattr(self.encoder, "domains", None):
+            return {}
+        weights = route([image])[0]
+        return {n: round(float(w), 2) for n, w in zip(self.encoder.domains, weights) if w > 0}
 
     def pseudo_image(self, query: str) -> Image.Image | None:
         """The pseudo-image of `query` for the person to see (the generator's cache answers

@@ -44,7 +44,8 @@ def load_models(profile: Profile, with_encoder: bool = True,
     shared = ((with_encoder and retrieval.needs_text_tower(enc))
               or (with_generator and generation.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
-    encoder = retrieval.load_encoder(enc, device, tower) if with_encoder else None
+    encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec)
+               if with_encoder else None)
     generator = (generation.load_generator(gen, device, tower, profile.torch_dtype)
                  if with_generator else None)
     return Models(encoder, generator, tower)

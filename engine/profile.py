@@ -18,6 +18,7 @@ from engine.paths import assets_dir, home, profiles_dir
 from fusion.factory import AUTO, BUILT_IN
 from generation.factory import GeneratorSpec
 from retrieval.device import DTYPES, resolve_dtype
+from retrieval.domain_store import DomainSpec
 from retrieval.factory import EncoderSpec
 
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
@@ -74,6 +75,7 @@ class Profile:
     feedback: FeedbackSpec = field(default_factory=FeedbackSpec)
     recording: RecordingSpec = field(default_factory=RecordingSpec)
     index: str | None = None  # None: ITIR_HOME/indexes/<name>-<gallery>.itirx
+    domains: DomainSpec = field(default_factory=DomainSpec)
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -146,6 +148,12 @@ class Profile:
         return home() / "indexes" / f"{self.name}-{gallery}.itirx"
 
     @property
+    def domains_spec(self) -> DomainSpec:
+        folder = self.domains.folder
+        return replace(self.domains, folder=str(Path(folder).expanduser().resolve()) if folder
+                       else str(home() / "domains" / self.name))
+
+    @property
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device
@@ -189,7 +197,7 @@ class Profile:
 
 SECTIONS = {"encoder": EncoderSpec, "generator": GeneratorSpec, "gallery": GallerySpec,
             "questions": QuestionSpec, "feedback": FeedbackSpec,
-            "recording": RecordingSpec}  # the TOML tables
+            "recording": RecordingSpec, "domains": DomainSpec}  # the TOML tables
 
 
 def _parse_value(raw: str):

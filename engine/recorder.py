@@ -106,9 +106,9 @@ class Recorder:
                                               else None)}
         if result is not None:
             record.update(
-                decision=result.decision, hits=[{"rank": h.rank, "path": h.path,
-                                                 "score": round(h.score, 5)}
-                                                for h in result.hits],
+                decision=result.decision, domains=result.domains,
+                hits=[{"rank": h.rank, "path": h.path, "score": round(h.score, 5)}
+                      for h in result.hits],
                 question=result.question, question_id=result.question_id,
                 options=result.options, notice=result.notice,
                 timings_ms={k: round(v, 2) for k, v in result.timings_ms.items()})

@@ -79,3 +79,34 @@ def generator_rounds(result: dict, out: str | Path) -> Path:
     for ax in (a, b):
         ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, out)
+
+
+def continual(result: dict, out: str | Path) -> Path:
+    """Left: DAR's accuracy matrix (R@10 on each domain after each arrival). Right: average
+    R@10 over the domains seen so far, per method, against the number of domains."""
+    doms = result["domains"]
+    order = [doms["base"], *doms["arrivals"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
+    rows = result["matrix"]["dar"]
+    grid = [[row[d]["R@10"] if d in row else float("nan") for d in [*order, doms["held_out"]]]
+            for row in rows]
+    im = a.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    for i, line in enumerate(grid):
+        for j, v in enumerate(line):
+            if v == v:  # not NaN
+                a.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                       color="white" if v < 60 else "black")
+    a.set_xticks(range(len(order) + 1), [*order, doms["held_out"] + "\n(held out)"],
+                 rotation=45, ha="right")
+    a.set_yticks(range(len(rows)), ["base"] + [f"+{d}" for d in doms["arrivals"]])
+    a.set_title("DAR: text->image R@10 per test domain (rows: after each arrival)")
+    fig.colorbar(im, ax=a, fraction=0.04)
+    for method, rows in result["matrix"].items():
+        avg = [sum(row[d]["R@10"] for d in order[:k + 1]) / (k + 1) for k, row in enumerate(rows)]
+        b.plot(range(1, len(avg) + 1), avg, marker="o", label=method)
+    b.set_xlabel("domains learnt (base + arrivals)")
+    b.set_ylabel("average R@10 over domains seen (%)")
+    b.set_title("average R@10 as domains arrive")
+    b.grid(alpha=0.3)
+    b.legend()
+    return save_figure(fig, out)

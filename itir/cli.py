@@ -160,6 +160,59 @@ def cmd_world_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_world_domain(args: argparse.Namespace) -> int:
+    from world.domains import write_domain
+
+    out = write_domain(args.domain, args.split, args.n, args.out, first=args.first)
+    print(f"wrote {args.n} {args.domain} {args.split} scenes to {out} (images/, captions.json)")
+    return 0
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from engine import domains
+    from engine.factory import load_models
+    from retrieval.domain_store import check_name
+
+    torch_threads(args.threads)
+    profile = _profile(args)
+    if args.action == "add":  # what can be checked before minutes of loading and reading
+        check_name(args.name)
+        domains.check_inputs(args.images, args.captions)
+    try:
+        encoder = load_models(profile, with_generator=False).encoder
+    except ValueError as e:
+        if args.action != "remove" or "image domain" not in str(e):
+            raise
+        # A broken domain must still be removable: load the encoder without domains.
+        empty = replace(profile.domains_spec, folder=str(profile.domains_spec.folder) + ".none")
+        encoder = load_models(replace(profile, domains=empty), with_generator=False).encoder
+    if args.action == "add":
+        report = domains.add_domain(profile, encoder, args.name, args.images, args.captions,
+                                    steps=args.steps)
+        print(report.summary())
+    elif args.action == "remove":
+        report = domains.remove_domain(profile, encoder, args.name)
+        print(f"removed domain {args.name}" + (
+            f"; re-embedded {report.reembedded} of {report.index_size} index images"
+            if report.index_size else ""))
+    else:
+        rows = domains.list_domains(profile, encoder)
+        print(f"domains of profile {profile.name} in {profile.domains_spec.folder}:")
+        for r in rows:
+            held = r.get("held_out")
+            print(f"  {r['domain']:<16} images {r.get('images') or '-':>6}  adapter params "
+                  f"{r.get('adapter_parameters', 0):>7}"
+                  + (f"  held-out ({held['images']} images) R@1 {held['base']['R@1']} -> "
+                     f"{held['routed']['R@1']}, routed here {held['routed_here']}%"
+                     if held else "")
+                  + (f"  index routed here {r['index_share']}%" if "index_share" in r else ""))
+        if len(rows) == 1:
+            print("  (no added domains: `itir domain add NAME --images DIR --captions FILE`)")
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -270,6 +323,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench.bench_concurrency(args.url, args.sessions)
     elif args.what == "resume":
         result = bench.bench_resume(args.n or 20000, args.threads)
+    elif args.what == "continual":
+        from evaluation.continual import bench_continual
+
+        out = args.out or ("runs/continual-quick" if args.quick else "runs/continual")
+        result = bench_continual(out, quick=args.quick)
     elif args.what == "turn":
         result = bench.bench_turns(build_engine(_profile(args)))
     else:
@@ -288,7 +346,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 models.encoder, models.generator, args.dialogs, args.n or 5000,
                 grid_path=bench.DOCS / "generator-dialog-samples.png")
     sized = args.what == "index" and args.n not in (None, 10000)  # keep the 10k result
-    path = bench.write_result(f"index-{args.n}" if sized else args.what, result)
+    name = f"index-{args.n}" if sized else (
+        "continual-quick" if args.what == "continual" and args.quick else args.what)
+    path = bench.write_result(name, result)
+    if args.what == "continual":
+        from evaluation.continual import markdown
+
+        print(plots.continual(result, bench.DOCS / "continual.png"), file=sys.stderr)
+        print(markdown(result), file=sys.stderr)
     if args.what == "encoder":
         print(plots.encoder_recall(result, bench.DOCS / "encoder-recall.png"), file=sys.stderr)
     if args.what == "generator":
@@ -346,6 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--wrong-answers", type=float, default=0.0, metavar="FRACTION",
                     help="answer falsely this often (a robustness control), e.g. 0.2")
     wb.set_defaults(func=cmd_world_build)
+    wd = w.add_parser("domain", help="render scenes of one image domain with captions "
+                                     "(the input of `itir domain add`)")
+    wd.add_argument("domain", help="flat, outline, textured, noisy, sketch, pixelated, "
+                                   "halftone or blurred")
+    wd.add_argument("--n", type=positive_int, required=True)
+    wd.add_argument("--split", choices=["train", "val", "test"], default="train")
+    wd.add_argument("--first", type=non_negative_int, default=0)
+    wd.add_argument("--out", required=True)
+    wd.set_defaults(func=cmd_world_domain)
+
+    do = sub.add_parser("domain", help="image domains: adapters that let new kinds of "
+                                       "images join without forgetting").add_subparsers(
+        dest="action", required=True)
+    da = with_profile(do.add_parser("add", help="train an adapter for a new kind of image"))
+    da.add_argument("name")
+    da.add_argument("--images", required=True, help="folder of the new domain's images")
+    da.add_argument("--captions", required=True,
+                    help="JSON {file: caption or [captions]} or JSON lines "
+                         "{\"image\": file, \"caption\": text}")
+    da.add_argument("--steps", type=positive_int, default=None,
+                    help="training steps (default: the profile's [domains] steps)")
+    da.add_argument("--threads", type=positive_int, default=None)
+    da.set_defaults(func=cmd_domain)
+    dl = with_profile(do.add_parser("list", help="the domains, their sizes and routing"))
+    dl.add_argument("--threads", type=positive_int, default=None)
+    dl.set_defaults(func=cmd_domain)
+    dr = with_profile(do.add_parser("remove", help="remove a domain's adapter"))
+    dr.add_argument("name")
+    dr.add_argument("--threads", type=positive_int, default=None)
+    dr.set_defaults(func=cmd_domain)
 
     ix = with_profile(sub.add_parser("index", help="index (or add to the index) a folder"))
     ix.add_argument("folder")
@@ -374,7 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = with_profile(sub.add_parser("bench", help="measure; results go to docs/bench/"))
     be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart",
-                                     "resume", "concurrency"])
+                                     "resume", "concurrency", "continual"])
+    be.add_argument("--out", default=None,
+                    help="continual: run folder for data and models (resumable)")
+    be.add_argument("--quick", action="store_true",
+                    help="continual: a small run (minutes) that checks the pipeline")
     be.add_argument("--url", default=None, help="concurrency: the running app's address")
     be.add_argument("--sessions", type=positive_int, default=8, help="concurrency: at once")
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from retrieval.adapters import RoutedImageTower
 from retrieval.device import check_reachable, gpu_decorated, offline_kwargs
+from retrieval.domain_store import DomainSpec, DomainStore
+from retrieval.routing import Router, style_features
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
@@ -54,7 +57,7 @@ class WorldEncoder:
     """
 
     def __init__(self, location: str | Path, text_tower: TextTower, device: str = "cpu",
-                 batch_size: int = 256):
+                 batch_size: int = 256, domains: DomainSpec | None = None):
         folder = Path(location)
         weights = folder / "model.safetensors"
         if not (weights.is_file() and (folder / "config.json").is_file()):
@@ -72,13 +75,65 @@ class WorldEncoder:
         self.batch_size = batch_size
         self.dim = cfg.embed_dim
         self.image_size = cfg.image_size
-        self.identity = f"world:{folder.name}@{tensor_digest(self.model.state_dict())}"
+        self.identity = self.base_identity = \
+            f"world:{folder.name}@{tensor_digest(self.model.state_dict())}"
         # A text-head fine-tune (`itir train-encoder --init`) leaves image embeddings as they
         # were; caches of them are keyed by this, so they survive it.
-        self.image_identity = f"world-image@{tensor_digest(self.model.image.state_dict())}"
+        self.image_identity = self.base_image_identity = \
+            f"world-image@{tensor_digest(self.model.image.state_dict())}"
         self.num_parameters = sum(p.numel() for m in (self.model, text_tower.model)
                                   for p in m.parameters())
         self.max_tokens = text_tower.max_tokens
+        self.routed: RoutedImageTower | None = None
+        self.router: Router | None = None
+        if domains is not None:
+            self.use_domains(DomainStore.of(domains))
+
+    def use_domains(self, store: DomainStore) -> None:
+        """Embed images with the store's adapters, merged per image by prototype routing
+        (nothing changes while the store holds no domain)."""
+        if self.routed is not None:
+            self.routed.detach()
+        router = store.router()
+        self.routed, self.router = None, None
+        self.identity, self.image_identity = self.base_identity, self.base_image_identity
+        if router is None or not store.names:
+            return
+        adapters = store.adapters(self.model.image, self.base_image_identity)
+        self.routed = RoutedImageTower(self.model.image, adapters).to(self.device).eval()
+        self.router = router
+        # Index vectors depend on the adapters and on routing: all of it goes in the identity.
+        numbers = [*router.centre, *router.spread, router.temperature, router.keep,
+                   *(x for protos in router.prototypes.values() for p in protos for x in p),
+                   *(a.scale for a in adapters)]
+        digest = tensor_digest({**{f"{n}.{k}": v for n, a in zip(store.names, adapters)
+                                   for k, v in a.state_dict().items()},
+                                "routing": torch.tensor(numbers)})
+        self.identity = f"{self.base_identity}+domains@{digest}"
+        self.image_identity = f"{self.base_image_identity}+domains@{digest}"
+
+    @property
+    def domains(self) -> list[str]:
+        """Routing targets in weight order: the base, then each added domain."""
+        return self.router.names if self.router is not None else []
+
+    def image_pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        # Small images (generated 32x32) go in at their size; the tower upsamples them as
+        # it saw in training, rather than PIL box-resizing them up.
+        small = all(max(im.size) < self.image_size for im in images)
+        return pixels(images, 32 if small else self.image_size).to(self.device)
+
+    def _route(self, x: torch.Tensor) -> torch.Tensor:
+        return self.router.weights(style_features(self.model.image, x))
+
+    @torch.no_grad()
+    def route(self, images: list[Image.Image]) -> np.ndarray:
+        """Routing weights [N, len(domains)] (base first), exactly those `encode_images`
+        uses; [N, 0] without domains."""
+        if self.router is None:
+            return np.zeros((len(images), 0), np.float32)
+        return np.concatenate([self._route(self.image_pixels(images[i:i + self.batch_size])).numpy()
+                               for i in range(0, len(images), self.batch_size)])
 
     def count_tokens(self, text: str) -> int:
         return self.text_tower.count_tokens(text)
@@ -98,13 +153,12 @@ class WorldEncoder:
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            chunk = images[i:i + self.batch_size]
-            # Small images (generated 32x32) go in at their size; the tower upsamples them as
-            # it saw in training, rather than PIL box-resizing them up.
-            small = all(max(im.size) < self.image_size for im in chunk)
-            size = 32 if small else self.image_size
-            x = pixels(chunk, size).to(self.device)
-            out.append(self.model.encode_image(x).float().cpu().numpy())
+            x = self.image_pixels(images[i:i + self.batch_size])
+            if self.routed is not None:  # the base's weight is column 0; it has no adapter
+                w = self._route(x)[:, 1:]
+                out.append(self.routed(x, w.to(self.device)).float().cpu().numpy())
+            else:
+                out.append(self.model.encode_image(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retrieval.domain_store import DomainSpec
 from retrieval.encoders import BLIPEncoder, CLIPEncoder, Encoder, WorldEncoder
 from retrieval.text_tower import TextTower
 
@@ -23,11 +24,13 @@ def needs_text_tower(spec: EncoderSpec) -> bool:
 
 
 def load_encoder(spec: EncoderSpec, device: str = "cpu",
-                 text_tower: TextTower | None = None) -> Encoder:
+                 text_tower: TextTower | None = None, domains: DomainSpec | None = None
+                 ) -> Encoder:
+    """`domains`: a folder of image-domain adapters (`itir domain add`; world encoder only)."""
     if spec.kind == "world":
         if text_tower is None:
             raise ValueError("the world encoder needs the text tower it was trained on")
-        return WorldEncoder(spec.location, text_tower, device=device)
+        return WorldEncoder(spec.location, text_tower, device=device, domains=domains)
     if spec.kind in ("clip", "blip"):
         backend = CLIPEncoder if spec.kind == "clip" else BLIPEncoder
         return backend(spec.location, device=device, batch_size=spec.batch_size)

@@ -65,7 +65,12 @@ def _decision(result: TurnResult) -> str:
 def _status(result: TurnResult, engine: Engine) -> str:
     stages = sorted(result.timings_ms.items(), key=lambda kv: kv[0] == "total")  # total last
     timings = " · ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in stages)
-    return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)} · "
+    routed = ""
+    if result.domains:  # image-domain adapters (`itir domain add`) the pseudo-image used
+        routed = " · **Domains:** pseudo-image routed to " + ", ".join(
+            f"{as_text(n)} {w:.0%}" for n, w in sorted(result.domains.items(),
+                                                    key=lambda kv: -kv[1]))
+    return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)}{routed} · "
             f"**Gallery:** {len(engine.index)} images · {timings}")
 
 

@@ -96,7 +96,7 @@ def render(scene: Scene, size: int = CANVAS) -> Image.Image:
         grain = 0.92 + 0.08 * np.sin(x * 0.45 + phase) * np.sin(y * 0.3 - phase)
         img *= grain[..., None]
     for obj in scene.objects:
-        mask = _shape_mask(obj, rng)
+        mask = silhouette = _shape_mask(obj, rng)
         colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
         if obj.fill == "hollow":
             mask = _edge(mask, 3)
@@ -110,16 +110,10 @@ def render(scene: Scene, size: int = CANVAS) -> Image.Image:
         img[mask] = layer[mask]
         if scene.style == "outline":
             ink = (235.0, 235.0, 235.0) if obj.colour == "black" else (20.0, 20.0, 20.0)
-            img[_edge(_shape_mask_outer(mask), 2)] = ink
+            img[_edge(silhouette, 2)] = ink  # around the whole shape, hollow or not
     if scene.style == "noisy":
         noise = np.random.default_rng(scene.seed).normal(0, 28, img.shape)
         img += noise
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return out if size == CANVAS else out.resize((size, size), Image.BOX)
 
-
-def _shape_mask_outer(mask: np.ndarray) -> np.ndarray:
-    """Fill holes of a hollow mask so the outline traces the silhouette, not the ring."""
-    filled = Image.fromarray(mask.astype(np.uint8) * 255)
-    ImageDraw.floodfill(filled, (0, 0), 128)
-    return np.asarray(filled) != 128
