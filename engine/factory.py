@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.engine import Engine
+from engine.engine import Engine, embedding_space
 from engine.paths import assets_dir, home
 from engine.profile import Profile
 from engine.questioner import Questioner, load_bank
@@ -68,8 +68,9 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     if auto and models.generator is not None:
         fusion = auto_fusion(models.encoder, profile.fusion_fallback)
         if fusion.name == profile.fusion_fallback:
-            notice = (f"no ADaFuSE checkpoint for encoder {models.encoder.identity}: fusing "
-                      f"with {fusion.name} (train one with `itir train-fusion`)")
+            space = embedding_space(models.encoder)
+            notice = (f"no ADaFuSE checkpoint for encoder {space}: fusing with {fusion.name}"
+                      f" (train one with `itir train-fusion`)")
             print(f"itir: {notice}", file=sys.stderr)
     index = ensure_index(profile, models.encoder, progress)
     engine = Engine(profile, models.encoder, index, fusion, models.generator,
@@ -100,7 +101,7 @@ def auto_fusion(encoder: Encoder, fallback: str = "text") -> Fusion:
     """ADaFuSE where a checkpoint for this encoder ships in assets/ or was trained into
     ITIR_HOME/fusions/, else the built-in `fallback` (the profile's `fusion_fallback`)."""
     # The user's own (trained into ITIR_HOME) before the shipped one.
-    found = find_checkpoint(encoder.identity, [home() / "fusions", assets_dir()])
+    found = find_checkpoint(embedding_space(encoder), [home() / "fusions", assets_dir()])
     return load_fusion(found if found is not None else fallback)
 
 

@@ -265,3 +265,23 @@ def test_continual_benchmark_runs_end_to_end_and_resumes(tmp_path):
     again = bench_continual(tmp_path / "run", cfg=cfg, latency_repeats=5)
     assert again["matrix"] == matrix
     assert sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()) == models
+
+
+def test_domains_keep_the_fusion_trained_for_the_base_encoder(tmp_path, text_tower):
+    """Adapters are trained into the base's embedding space, so the shipped ADaFuSE still
+    fits; the index identity (what the vectors depend on) does change."""
+    from engine.factory import auto_fusion
+    from engine.profile import load_profile
+    from retrieval.domain_store import DomainSpec, DomainStore
+    from retrieval.encoders import WorldEncoder
+
+    location = load_profile("world").encoder_spec.location
+    plain = WorldEncoder(location, text_tower)
+    tower = plain.model.image
+    router = Router.for_base("base", style_features(tower, images(8)))
+    router.add("sketch", style_features(tower, images(8, seed=1) * 0.2))
+    spec = DomainSpec(folder=str(tmp_path / "domains"))
+    DomainStore.of(spec).add("sketch", DomainAdapter(AdapterConfig("sketch"), tower), router, {})
+    routed = WorldEncoder(location, text_tower, domains=spec)
+    assert routed.identity != plain.identity
+    assert auto_fusion(routed).name == auto_fusion(plain).name == "adafuse:world-adafuse"
