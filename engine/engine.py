@@ -124,7 +124,7 @@ class Engine:
                 # The mean of K samples' embeddings: what the K drawings agree on.
                 g = self.encoder.encode_images(images).mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
-                routed = self._routing(images[0])
+                routed = self._routing(images)
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
@@ -137,12 +137,13 @@ class Engine:
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
                           timings, query_vector=query_vector, domains=routed)
 
-    def _routing(self, image: Image.Image) -> dict[str, float]:
-        """Which image domains' adapters embedded `image` (empty without domains)."""
+    def _routing(self, images: list[Image.Image]) -> dict[str, float]:
+        """Which image domains' adapters embedded the pseudo-image(s), on average (empty
+        without domains)."""
         route = getattr(self.encoder, "route", None)
         if route is None or not getattr(self.encoder, "domains", None):
             return {}
-        weights = route([image])[0]
+        weights = route(images).mean(0)
         return {n: round(float(w), 2) for n, w in zip(self.encoder.domains, weights) if w > 0}
 
     def pseudo_image(self, query: str) -> Image.Image | None:

@@ -95,6 +95,11 @@ class Profile:
         if self.gallery.folder and self.gallery.dataset:
             raise ValueError(f"profile {self.name!r}: [gallery] takes a folder or a dataset, "
                              "not both")
+        d = self.domains
+        if not (d.temperature > 0 and 0 <= d.keep < 1 and d.rank >= 1 and d.steps >= 1
+                and d.batch_size >= 1):
+            raise ValueError(f"profile {self.name!r}: [domains] needs temperature > 0, "
+                             f"0 <= keep < 1 and rank, steps, batch_size >= 1; got {d}")
         if self.world_gallery and self.gallery.world_scenes < 1:
             raise ValueError(f"profile {self.name!r}: [gallery] world_scenes must be at least "
                              f"1, got {self.gallery.world_scenes}")

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from itir.errors import run_explained
 
+# The world's image domains (world/domains.py), spelled out so `itir --help` stays fast.
+DOMAIN_NAMES = ("flat", "outline", "textured", "noisy", "sketch", "pixelated", "halftone",
+                "blurred")
+
 
 def _profile(args: argparse.Namespace):
     from engine.profile import load_profile
@@ -413,8 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     wb.set_defaults(func=cmd_world_build)
     wd = w.add_parser("domain", help="render scenes of one image domain with captions "
                                      "(the input of `itir domain add`)")
-    wd.add_argument("domain", help="flat, outline, textured, noisy, sketch, pixelated, "
-                                   "halftone or blurred")
+    wd.add_argument("domain", choices=DOMAIN_NAMES)
     wd.add_argument("--n", type=positive_int, required=True)
     wd.add_argument("--split", choices=["train", "val", "test"], default="train")
     wd.add_argument("--first", type=non_negative_int, default=0)

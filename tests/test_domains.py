@@ -105,6 +105,9 @@ def test_an_adapter_round_trips_through_save_pretrained(tower, tmp_path):
 
 
 def test_domains_look_different_and_keep_disjoint_seeds():
+    from itir.cli import DOMAIN_NAMES
+
+    assert DOMAIN_NAMES == DOMAINS  # the CLI's list, kept import-free for a fast --help
     seeds = {(d, s): domain_scene(d, s, 0).seed for d in DOMAINS for s in ("train", "test")}
     assert len(set(seeds.values())) == len(seeds)
     from dataclasses import replace
@@ -191,6 +194,11 @@ def test_domain_add_explains_captions_that_match_no_image(domain_world, capsys):
     assert main(["domain", "add", "sketch", "--images", str(tmp / "nope"), "--captions",
                  str(tmp / "bad.json"), "--profile", str(profile)]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_bad_domain_settings_are_refused(capsys):
+    assert main(["domain", "list", "--set", "domains.temperature=0"]) == 2
+    assert "[domains] needs temperature > 0" in capsys.readouterr().err
 
 
 def test_domain_add_refuses_too_few_images_and_bad_names(domain_world, capsys):
