@@ -17,7 +17,7 @@ import copy
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from retrieval.train_adapter import DomainSet, TowerTrainConfig, train_adapter, 
 from retrieval.world_encoder import ImageTower, WorldEncoderConfig
 from world.domains import ARRIVALS, BASE, HELD_OUT, domain_caption, domain_scene, render_domain
 
-EVAL_ONLY = ("test", "query", "temperature", "keep")
+EVAL_ONLY = ("test", "test_first", "query", "temperature", "keep")
 METHODS = ("zero-shot", "sequential", "replay", "oracle", "dar", "joint")
 
 
@@ -39,6 +39,7 @@ class ContinualConfig:
     base_train: int = 8000  # base-domain training scenes
     train: int = 2000  # training scenes per arriving domain (one caption each)
     test: int = 500  # test gallery per domain; one query text per image
+    test_first: int = 0  # index of the first test scene (another range: unseen seeds)
     query: str = "partial"  # partial | full: the test queries (full captions saturate R@10)
     base_steps: int = 1500
     domain_steps: int = 300  # per arriving domain, for adapters and fine-tuning alike
@@ -53,12 +54,12 @@ class ContinualConfig:
 
 
 def domain_set(name: str, split: str, n: int, encode_texts, image_size: int,
-               query: str = "both", seed: int = 0) -> DomainSet:
+               query: str = "both", seed: int = 0, first: int = 0) -> DomainSet:
     """Render `n` scenes of domain `name` and embed their texts: `query` says which captions
     each scene gets (both a full and a partial one, either at random, full or partial)."""
     images, texts, owner = [], [], []
     for i in tqdm(range(n), desc=f"{name} {split}", unit="scene", leave=False):
-        scene = domain_scene(name, split, i)
+        scene = domain_scene(name, split, first + i)
         rng = random.Random(scene.seed * 31 + seed)
         images.append(np.asarray(render_domain(scene, image_size)))
         kinds = {"both": (False, True), "full": (False,), "partial": (True,),
@@ -121,10 +122,13 @@ class Run:
         cfg = self.cfg
         n = {"train": cfg.base_train if name == BASE else cfg.train, "test": cfg.test}[split]
         query = ("both" if name == BASE else "either") if split == "train" else cfg.query
-        path = self.folder / "data" / f"{name}-{split}-{n}-{query}.pt"
+        first = cfg.test_first if split == "test" else 0
+        path = self.folder / "data" / (f"{name}-{split}-{n}-{query}"
+                                       + (f"-from{first}" if first else "") + ".pt")
         if path.exists():
             return DomainSet(**torch.load(path, map_location="cpu"))
-        ds = domain_set(name, split, n, self.encode_texts, cfg.image_size, query, cfg.seed)
+        ds = domain_set(name, split, n, self.encode_texts, cfg.image_size, query, cfg.seed,
+                        first)
         path.parent.mkdir(exist_ok=True)
         torch.save(ds.__dict__, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
@@ -344,13 +348,13 @@ QUICK = ContinualConfig(base_train=400, train=200, test=100, base_steps=60, doma
 
 
 def bench_continual(folder: str | Path, quick: bool = False, cfg: ContinualConfig | None = None,
-                    latency_repeats: int = 200) -> dict:
+                    latency_repeats: int = 200, test_first: int = 0) -> dict:
     """Run (or resume) the whole benchmark in `folder`; the result with routing latency."""
     from engine.paths import assets_dir
     from retrieval.encoders import WorldEncoder
     from retrieval.text_tower import TextTower
 
-    cfg = cfg or (QUICK if quick else ContinualConfig())
+    cfg = replace(cfg or (QUICK if quick else ContinualConfig()), test_first=test_first)
     texts = WorldEncoder(assets_dir() / "world-encoder", TextTower())
     run = Run(folder, cfg, texts.encode_texts)
     result = evaluate_all(run)

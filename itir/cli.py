@@ -331,7 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from evaluation.continual import bench_continual
 
         out = args.out or ("runs/continual-quick" if args.quick else "runs/continual")
-        result = bench_continual(out, quick=args.quick)
+        result = bench_continual(out, quick=args.quick, test_first=args.first)
     elif args.what == "turn":
         result = bench.bench_turns(build_engine(_profile(args)))
     else:
@@ -351,12 +351,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 grid_path=bench.DOCS / "generator-dialog-samples.png")
     sized = args.what == "index" and args.n not in (None, 10000)  # keep the 10k result
     name = f"index-{args.n}" if sized else (
-        "continual-quick" if args.what == "continual" and args.quick else args.what)
+        "continual-quick" if args.what == "continual" and args.quick else
+        f"continual-from{args.first}" if args.what == "continual" and args.first else args.what)
     path = bench.write_result(name, result)
     if args.what == "continual":
         from evaluation.continual import markdown
 
-        print(plots.continual(result, bench.DOCS / "continual.png"), file=sys.stderr)
+        print(plots.continual(result, bench.DOCS / f"{name}.png"), file=sys.stderr)
         print(markdown(result), file=sys.stderr)
     if args.what == "encoder":
         print(plots.encoder_recall(result, bench.DOCS / "encoder-recall.png"), file=sys.stderr)
@@ -477,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continual: run folder for data and models (resumable)")
     be.add_argument("--quick", action="store_true",
                     help="continual: a small run (minutes) that checks the pipeline")
+    be.add_argument("--first", type=non_negative_int, default=0,
+                    help="continual: test on scenes from this index on (other, unseen seeds)")
     be.add_argument("--url", default=None, help="concurrency: the running app's address")
     be.add_argument("--sessions", type=positive_int, default=8, help="concurrency: at once")
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")
