@@ -119,13 +119,6 @@ def base_router(encoder: WorldEncoder, temperature: float, keep: float, n: int =
     return Router.for_base(BASE, feats, temperature, keep)
 
 
-def _recall(image_emb: torch.Tensor, text_emb: torch.Tensor, owner: torch.Tensor) -> dict:
-    scores = text_emb @ image_emb.T
-    own = scores[torch.arange(len(scores)), owner]
-    rank = (scores > own[:, None]).sum(1)
-    return {f"R@{k}": round(100 * (rank < k).float().mean().item(), 1) for k in (1, 10)}
-
-
 def add_domain(profile: Profile, encoder, name: str, images: str | Path,
                captions: str | Path, steps: int | None = None, seed: int = 0) -> DomainReport:
     """Train, store and route a new image domain; update the profile's index if it exists."""
@@ -192,7 +185,8 @@ def add_domain(profile: Profile, encoder, name: str, images: str | Path,
         base_emb = torch.nn.functional.normalize(
             base(val_set.images.float().to(device)), dim=-1).cpu()
     index = _open_index(profile, encoder)
-    before = _routes(encoder, index)
+    gallery = _gallery_style(encoder, index)
+    before = _routes(encoder.router, gallery)
     store.add(name, adapter, router, {
         "images": len(train), "captions": len(train_set.text_embeddings), "steps": cfg.steps,
         "rank": spec.rank, "source": str(folder.resolve()),
@@ -202,15 +196,15 @@ def add_domain(profile: Profile, encoder, name: str, images: str | Path,
     routed_emb = torch.from_numpy(encoder.encode_images(held))
     w = encoder.route(held)
     report.held_out = {"images": len(val),
-                       "base": _recall(base_emb, val_set.text_embeddings, val_set.text_scene),
-                       "routed": _recall(routed_emb, val_set.text_embeddings,
-                                         val_set.text_scene),
+                       "base": val_set.recall(base_emb, digits=1),
+                       "routed": val_set.recall(routed_emb, digits=1),
                        "routed_here": round(100 * float(
                            (w.argmax(1) == encoder.domains.index(name)).mean()), 1)}
     store.update_info(name, held_out=report.held_out)
     if index is not None:
         report.reembedded, report.index_size = _reroute(
-            profile, encoder, index, before, also=name if replaced else None)
+            profile, encoder, index, before, _routes(encoder.router, gallery),
+            also=name if replaced else None)
     report.seconds = time.time() - start
     return report
 
@@ -221,12 +215,14 @@ def remove_domain(profile: Profile, encoder, name: str) -> DomainReport:
     encoder = _world_encoder(profile, encoder)
     store = DomainStore.of(profile.domains_spec)
     index = _open_index(profile, encoder)
-    before = _routes(encoder, index)
+    gallery = _gallery_style(encoder, index)
+    before = _routes(encoder.router, gallery)
     store.remove(name)
     encoder.use_domains(store)
     report = DomainReport(name)
     if index is not None:
-        report.reembedded, report.index_size = _reroute(profile, encoder, index, before)
+        report.reembedded, report.index_size = _reroute(profile, encoder, index, before,
+                                                        _routes(encoder.router, gallery))
     report.seconds = time.time() - start
     return report
 
@@ -240,7 +236,7 @@ def list_domains(profile: Profile, encoder=None) -> list[dict]:
     if encoder is not None and isinstance(encoder, WorldEncoder) and encoder.router:
         index = _open_index(profile, encoder)
         if index is not None:
-            routes = _routes(encoder, index)
+            routes = _routes(encoder.router, _gallery_style(encoder, index))
             top = [max(r, key=r.get) for r in routes if r]
             for row in rows:
                 row["index_share"] = round(100 * top.count(row["domain"]) / max(1, len(top)), 1)
@@ -259,17 +255,30 @@ def _open_index(profile: Profile, encoder: WorldEncoder) -> VectorIndex | None:
     return index
 
 
-def _routes(encoder: WorldEncoder, index: VectorIndex | None) -> list[dict[str, float]]:
-    """Each index image's routing weights by domain name ({"base": 1.0} without domains;
-    {} for an image that can no longer be read), streamed batch by batch."""
+def _gallery_style(encoder: WorldEncoder, index: VectorIndex | None
+                   ) -> tuple[int, list[int], torch.Tensor]:
+    """(index size, ids of the readable images, their style features): the gallery read
+    once; routing before and after a change are both computed from it."""
     if index is None:
-        return []
-    if encoder.router is None:
-        return [{BASE: 1.0} for _ in range(len(index))]
-    out: list[dict[str, float]] = [{} for _ in range(len(index))]
-    for ids, images in _batches(index.paths, range(len(index)), "route"):
-        for i, row in zip(ids, encoder.route(images)):
-            out[i] = {n: float(v) for n, v in zip(encoder.domains, row) if v > 0}
+        return 0, [], torch.zeros(0, 0)
+    ids, feats = [], []
+    for kept, images in _batches(index.paths, range(len(index)), "read gallery"):
+        if kept:
+            ids += kept
+            feats.append(encoder.style_features(images))
+    return len(index), ids, torch.cat(feats) if feats else torch.zeros(0, 0)
+
+
+def _routes(router: Router | None, gallery: tuple[int, list[int], torch.Tensor]
+            ) -> list[dict[str, float]]:
+    """Each index image's routing weights by domain name ({"base": 1.0} without domains;
+    {} for an image that can no longer be read)."""
+    size, ids, feats = gallery
+    if router is None:
+        return [{BASE: 1.0} for _ in range(size)]
+    out: list[dict[str, float]] = [{} for _ in range(size)]
+    for i, row in zip(ids, router.weights(feats) if ids else []):
+        out[i] = {n: float(v) for n, v in zip(router.names, row) if v > 0}
     return out
 
 
@@ -285,10 +294,10 @@ def _batches(paths: list[str], ids, desc: str, size: int = 256):
 
 
 def _reroute(profile: Profile, encoder: WorldEncoder, index: VectorIndex,
-             before: list[dict[str, float]], also: str | None = None) -> tuple[int, int]:
+             before: list[dict[str, float]], after: list[dict[str, float]],
+             also: str | None = None) -> tuple[int, int]:
     """Re-embed the images whose routing changed (and, with `also`, every image that uses
     that replaced domain); save the index under the encoder's new identity."""
-    after = _routes(encoder, index)
     changed = [i for i, (a, b) in enumerate(zip(before, after))
                if a != b or (also is not None and also in b)]
     vectors = index.vectors()

@@ -122,9 +122,12 @@ class Engine:
             image = images[0] if images else None
             if images and chosen.uses_image:
                 # The mean of K samples' embeddings: what the K drawings agree on.
-                g = self.encoder.encode_images(images).mean(0, keepdims=True)
+                embed = getattr(self.encoder, "encode_images_routed", None)
+                vectors, weights = (embed(images) if embed is not None
+                                    else (self.encoder.encode_images(images), None))
+                g = vectors.mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
-                routed = self._routing(images)
+                routed = self._routing(weights)
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
@@ -137,14 +140,13 @@ class Engine:
         return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
                           timings, query_vector=query_vector, domains=routed)
 
-    def _routing(self, images: list[Image.Image]) -> dict[str, float]:
+    def _routing(self, weights: np.ndarray | None) -> dict[str, float]:
         """Which image domains' adapters embedded the pseudo-image(s), on average (empty
         without domains)."""
-        route = getattr(self.encoder, "route", None)
-        if route is None or not getattr(self.encoder, "domains", None):
+        if weights is None or not weights.size:
             return {}
-        weights = route(images).mean(0)
-        return {n: round(float(w), 2) for n, w in zip(self.encoder.domains, weights) if w > 0}
+        mean = weights.mean(0)
+        return {n: round(float(w), 2) for n, w in zip(self.encoder.domains, mean) if w > 0}
 
     def pseudo_image(self, query: str) -> Image.Image | None:
         """The pseudo-image of `query` for the person to see (the generator's cache answers

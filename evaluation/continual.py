@@ -76,15 +76,6 @@ def domain_set(name: str, split: str, n: int, encode_texts, image_size: int,
                      emb, torch.tensor(owner))
 
 
-def recall(image_emb: torch.Tensor, ds: DomainSet, ks: tuple[int, ...] = (1, 10)
-           ) -> dict[str, float]:
-    """Text->image R@k in percent: each text's own image among the domain's test gallery."""
-    scores = ds.text_embeddings @ image_emb.T
-    own = scores[torch.arange(len(scores)), ds.text_scene]
-    rank = (scores > own[:, None]).sum(1)
-    return {f"R@{k}": round(100 * (rank < k).float().mean().item(), 2) for k in ks}
-
-
 @torch.no_grad()
 def embed(model, images: torch.Tensor, weights: torch.Tensor | None = None,
           batch: int = 500) -> torch.Tensor:
@@ -115,6 +106,8 @@ class Run:
             raise ValueError(f"{self.folder} holds a run with other settings ({saved}); give "
                              "another --out or delete it")
         saved.write_text(wanted)
+        self._style: dict[str, torch.Tensor] = {}  # routing features of training images
+        self._loaded: dict[str, object] = {}  # data and models, read from disk once
         torch.manual_seed(cfg.seed)
 
     # -- data ---------------------------------------------------------------------------
@@ -125,13 +118,17 @@ class Run:
         first = cfg.test_first if split == "test" else 0
         path = self.folder / "data" / (f"{name}-{split}-{n}-{query}"
                                        + (f"-from{first}" if first else "") + ".pt")
+        if str(path) in self._loaded:
+            return self._loaded[str(path)]
         if path.exists():
-            return DomainSet(**torch.load(path, map_location="cpu"))
+            self._loaded[str(path)] = DomainSet(**torch.load(path, map_location="cpu"))
+            return self._loaded[str(path)]
         ds = domain_set(name, split, n, self.encode_texts, cfg.image_size, query, cfg.seed,
                         first)
         path.parent.mkdir(exist_ok=True)
         torch.save(ds.__dict__, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
+        self._loaded[str(path)] = ds
         return ds
 
     # -- models -------------------------------------------------------------------------
@@ -142,14 +139,16 @@ class Run:
     def _tower(self, name: str, build) -> ImageTower:
         """A tower saved at models/NAME.pt, trained by `build(out_folder)` when missing."""
         path = self.folder / "models" / f"{name}.pt"
-        if path.exists():
-            tower = ImageTower(WorldEncoderConfig(image_size=self.cfg.image_size))
-            tower.load_state_dict(torch.load(path, map_location="cpu"))
-            return tower.eval()
-        tower = build(self.folder / "runs" / name)
-        path.parent.mkdir(exist_ok=True)
-        torch.save(tower.cpu().state_dict(), path)
-        return tower.eval()
+        if str(path) not in self._loaded:
+            if path.exists():
+                tower = ImageTower(WorldEncoderConfig(image_size=self.cfg.image_size))
+                tower.load_state_dict(torch.load(path, map_location="cpu"))
+            else:
+                tower = build(self.folder / "runs" / name)
+                path.parent.mkdir(exist_ok=True)
+                torch.save(tower.cpu().state_dict(), path)
+            self._loaded[str(path)] = tower.eval()
+        return self._loaded[str(path)]
 
     def base(self) -> ImageTower:
         def build(out):
@@ -162,15 +161,19 @@ class Run:
 
     def adapter(self, name: str) -> DomainAdapter:
         folder = self.folder / "adapters" / name
+        if str(folder) in self._loaded:
+            return self._loaded[str(folder)]
         base = self.base()
         if (folder / "model.safetensors").exists():
-            return DomainAdapter.load(folder, base).eval()
+            self._loaded[str(folder)] = DomainAdapter.load(folder, base).eval()
+            return self._loaded[str(folder)]
         base = base.cpu()
         adapter = train_adapter(base, self.data(name, "train"),
                                 self._train_cfg(self.cfg.domain_steps, 1e-3), self.cfg.rank,
                                 out=self.folder / "runs" / f"adapter-{name}", resume=True)
         adapter.cpu().save_pretrained(folder)
         base.cpu()
+        self._loaded[str(folder)] = adapter
         return adapter
 
     def sequential(self, upto: int, replay: bool = False) -> ImageTower:
@@ -213,12 +216,14 @@ class Run:
         return self._tower("joint", build)
 
     def router(self, upto: int) -> Router:
-        base = self.base()
-        feats = {d: style_features(base, self.data(d, "train").images[:1000].float())
-                 for d in [BASE, *ARRIVALS[:upto]]}
-        router = Router.for_base(BASE, feats[BASE], self.cfg.temperature, self.cfg.keep)
+        """Prototypes of the base and the first `upto` arrivals, from 1,000 training images
+        each (their style features computed once per run)."""
+        for d in [BASE, *ARRIVALS[:upto]]:
+            if d not in self._style:
+                self._style[d] = style_features(self.base(), self.data(d, "train").images[:1000])
+        router = Router.for_base(BASE, self._style[BASE], self.cfg.temperature, self.cfg.keep)
         for d in ARRIVALS[:upto]:
-            router.add(d, feats[d])
+            router.add(d, self._style[d])
         return router
 
 
@@ -244,13 +249,13 @@ def evaluate_all(run: Run) -> dict:
         for d in [*seen, HELD_OUT]:
             ds = tests[d]
             for m, model in models.items():
-                row[m][d] = recall(embed(model, ds.images), ds)
+                row[m][d] = ds.recall(embed(model, ds.images))
             w = router.weights(feats[d])  # [N, 1 + k]: the base, then the adapters
-            row["dar"][d] = recall(embed(routed, ds.images, w[:, 1:]), ds)
+            row["dar"][d] = ds.recall(embed(routed, ds.images, w[:, 1:]))
             oracle = torch.zeros(len(ds), k)
             if d in ARRIVALS[:k]:
                 oracle[:, ARRIVALS.index(d)] = 1.0
-            row["oracle"][d] = recall(embed(routed, ds.images, oracle), ds)
+            row["oracle"][d] = ds.recall(embed(routed, ds.images, oracle))
             top = w.argmax(1)
             route_row[d] = {"right": round(100 * (top == seen.index(d)).float().mean().item(), 1)
                             if d in seen else None,
@@ -303,7 +308,7 @@ def temperature_sweep(run: Run, temperatures: tuple[float, ...] = (0.05, 0.1, 0.
         run.cfg.temperature = t
         router = run.router(len(ARRIVALS))
         out[str(t)] = round(float(np.mean([
-            recall(embed(routed, ds.images, router.weights(feats[d])[:, 1:]), ds)["R@10"]
+            ds.recall(embed(routed, ds.images, router.weights(feats[d])[:, 1:]))["R@10"]
             for d, ds in val.items()])), 2)
     run.cfg.temperature = chosen
     routed.detach()

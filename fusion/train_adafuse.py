@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fusion.adafuse import ADaFuSE, ADaFuSEConfig, ADaFuSEHead
 from training.loop import TrainConfig, train
+from training.losses import symmetric_infonce
 
 # validate(fusion) -> (score, higher is better; what to log)
 Validate = Callable[[ADaFuSE], tuple[float, dict]]
@@ -64,9 +64,7 @@ def fusion_batches(text: np.ndarray, image: np.ndarray, target: np.ndarray, batc
 
 def fusion_loss(head: ADaFuSEHead, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     q, _, _ = head(batch["t"], batch["g"])
-    logits = head.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * q @ batch["x"].T
-    labels = torch.arange(len(q))
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return symmetric_infonce(head.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * q @ batch["x"].T)
 
 
 def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,

@@ -127,13 +127,19 @@ class WorldEncoder:
         return self.router.weights(style_features(self.model.image, x))
 
     @torch.no_grad()
+    def style_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """What routing reads [N, F]: it depends on the base tower only, so it stays valid
+        while domains come and go."""
+        return torch.cat([style_features(self.model.image,
+                                         self.image_pixels(images[i:i + self.batch_size]))
+                          for i in range(0, len(images), self.batch_size)])
+
     def route(self, images: list[Image.Image]) -> np.ndarray:
         """Routing weights [N, len(domains)] (base first), exactly those `encode_images`
         uses; [N, 0] without domains."""
         if self.router is None:
             return np.zeros((len(images), 0), np.float32)
-        return np.concatenate([self._route(self.image_pixels(images[i:i + self.batch_size])).numpy()
-                               for i in range(0, len(images), self.batch_size)])
+        return self.router.weights(self.style_features(images)).numpy()
 
     def count_tokens(self, text: str) -> int:
         return self.text_tower.count_tokens(text)
@@ -149,17 +155,26 @@ class WorldEncoder:
                for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    @torch.no_grad()
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = []
+        return self.encode_images_routed(images)[0]
+
+    @torch.no_grad()
+    def encode_images_routed(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings [N, D] and the routing weights they were made with [N, len(domains)]
+        (base first; [N, 0] without domains), in one pass."""
+        out, routes = [], []
         for i in range(0, len(images), self.batch_size):
             x = self.image_pixels(images[i:i + self.batch_size])
             if self.routed is not None:  # the base's weight is column 0; it has no adapter
-                w = self._route(x)[:, 1:]
-                out.append(self.routed(x, w.to(self.device)).float().cpu().numpy())
+                w = self._route(x)
+                out.append(self.routed(x, w[:, 1:].to(self.device)).float().cpu().numpy())
+                routes.append(w.numpy())
             else:
                 out.append(self.model.encode_image(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                routes.append(np.zeros((len(x), 0), np.float32))
+        if not out:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate(out), np.concatenate(routes)
 
 
 def _concat(chunks: list[np.ndarray], dim: int) -> np.ndarray:

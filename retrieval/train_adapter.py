@@ -18,7 +18,7 @@ from torch import nn
 
 from retrieval.adapters import AdapterConfig, DomainAdapter, RoutedImageTower
 from retrieval.world_encoder import ImageTower
-from training import TrainConfig, clear_checkpoints, train
+from training import TrainConfig, clear_checkpoints, symmetric_infonce, train
 
 
 @dataclass
@@ -32,6 +32,15 @@ class DomainSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def recall(self, image_emb: torch.Tensor, ks: tuple[int, ...] = (1, 10), digits: int = 2
+               ) -> dict[str, float]:
+        """Text->image R@k in percent: each text's own image among `image_emb` [N, D], the
+        embeddings of this set's images."""
+        scores = self.text_embeddings @ image_emb.T
+        own = scores[torch.arange(len(scores)), self.text_scene]
+        rank = (scores > own[:, None]).sum(1)
+        return {f"R@{k}": round(100 * (rank < k).float().mean().item(), digits) for k in ks}
 
 
 @dataclass
@@ -68,10 +77,7 @@ def batches(sets: list[DomainSet], shares: list[float], batch_size: int
 
 def contrastive_loss(embed: Callable[[torch.Tensor], torch.Tensor], scale: float):
     def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        img = embed(batch["images"])
-        logits = scale * img @ batch["texts"].T
-        target = torch.arange(len(img), device=img.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return symmetric_infonce(scale * embed(batch["images"]) @ batch["texts"].T)
     return loss
 
 

@@ -19,6 +19,7 @@ from training import (
     TrainConfig,
     clear_checkpoints,
     run_facts,
+    symmetric_infonce,
     train,
     training_curve,
     write_model_card,
@@ -99,9 +100,7 @@ def contrastive_loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) ->
     img = (batch["image_embeddings"] if "image_embeddings" in batch
            else model.encode_image(batch["images"]))
     txt = model.encode_text(batch["states"], batch["mask"])
-    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-    labels = torch.arange(len(img), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return symmetric_infonce(model.logit_scale.exp().clamp(max=100) * img @ txt.T)
 
 
 @torch.no_grad()
