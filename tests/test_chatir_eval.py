@@ -72,6 +72,35 @@ def test_chunks_are_saved_as_they_finish_and_reused(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_pseudo_images_are_drawn_once_and_re_embedded_by_a_new_image_tower(
+        tmp_path, random_world_encoder):
+    """A new image tower re-embeds the kept pixels; the generator is not called again."""
+    from engine.factory import load_models
+    from engine.profile import load_profile
+    from evaluation.dialog_set import embed_pseudo_images
+    from world.build import build_split
+
+    build_split(4, "test", tmp_path / "w", size=32)
+    ds = read_dialog_set(tmp_path / "w" / "dialogs.json", limit=2)
+    models = load_models(load_profile("world", ["generator.steps=2"]))
+    shipped, generator = models.encoder, models.generator
+    first = embed_pseudo_images(ds, shipped, generator, 1, 0, tmp_path / "cache", chunk=2)
+    calls = generator.model_calls
+    assert first.shape == (2, 11, 1, shipped.dim) and calls > 0
+    other = embed_pseudo_images(ds, random_world_encoder, generator, 1, 0, tmp_path / "cache",
+                                chunk=2)
+    assert generator.model_calls == calls  # drawn once, embedded twice
+    assert other.shape == first.shape and not np.allclose(other, first)
+    # What was kept are the pseudo-images themselves: embedded again, they give `first`.
+    (drawn,) = (tmp_path / "cache").glob("drawn-*/00000000.npy")
+    pixels = np.load(drawn)
+    assert pixels.dtype == np.uint8 and pixels.shape[:3] == (2, 11, 1)
+    from PIL import Image
+
+    again = shipped.encode_images([Image.fromarray(p) for p in pixels[1, :, 0]])
+    np.testing.assert_allclose(again, first[1, :, 0].astype(np.float32), atol=2e-3)
+
+
 def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys):
     """`itir eval` end to end with the shipped world models on three dialogs."""
     from itir.cli import main
