@@ -26,7 +26,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
 
     torch_threads(args.threads)
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
-                        resume=args.resume, init=args.init)
+                        resume=args.resume, init=args.init, part=args.part, lr=args.lr)
     print("val (full caption, text->image):", metrics)
     return 0
 
@@ -503,8 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="assets/world-encoder")
     t.add_argument("--cache", default=None, help="corpus cache folder")
     t.add_argument("--init", default=None, metavar="FOLDER",
-                   help="start from this saved encoder and train only its text head (the "
-                        "image tower, and so every gallery's image embeddings, stay as they are)")
+                   help="start from this saved encoder and train only one --part of it")
+    t.add_argument("--part", choices=("text", "image"), default="text",
+                   help="with --init: the text head (every gallery's image embeddings stay as "
+                        "they are) or the image tower (every query embedding stays)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     t.add_argument("--threads", type=positive_int, default=2)
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")

@@ -26,6 +26,7 @@ from training import (
 )
 from training.loop import Evaluate
 from world.corpus import Corpus
+from world.render import RENDER_VERSION
 
 
 @dataclass
@@ -94,12 +95,27 @@ def text_head_batches(corpus: Corpus, image_embeddings: torch.Tensor, cfg: Encod
     return sample
 
 
+def image_tower_batches(corpus: Corpus, text_embeddings: torch.Tensor, cfg: EncoderTrainConfig
+                        ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
+    """Like `encoder_batches`, with the frozen text side's embeddings in place of states."""
+    pick = scene_text_picker(corpus, cfg.batch_size)
+
+    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
+        scenes, text_ids = pick(gen)
+        images = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
+        return {"images": images, "text_embeddings": text_embeddings[text_ids]}
+
+    return sample
+
+
 def contrastive_loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Symmetric InfoNCE: each image against every text of the batch, and vice versa. With
-    precomputed `image_embeddings` in the batch the image tower is not run (it is frozen)."""
+    precomputed `image_embeddings` (or `text_embeddings`) in the batch that side is frozen
+    and not run."""
     img = (batch["image_embeddings"] if "image_embeddings" in batch
            else model.encode_image(batch["images"]))
-    txt = model.encode_text(batch["states"], batch["mask"])
+    txt = (batch["text_embeddings"] if "text_embeddings" in batch
+           else model.encode_text(batch["states"], batch["mask"]))
     return symmetric_infonce(model.logit_scale.exp().clamp(max=100) * img @ txt.T)
 
 
@@ -151,6 +167,24 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
     return log
 
 
+def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrainConfig,
+                         out: str | Path | None = None, *, resume: bool = False,
+                         evaluate: Evaluate | None = None) -> list[dict]:
+    """Go on training `model`'s image tower (and temperature) with the text side frozen.
+
+    The mirror of `finetune_text_head`: when the images change (a renderer fix, a new look),
+    only the image side needs to move, and a frozen text side keeps every query embedding,
+    and every cache of them, as it was; galleries and pseudo-images are embedded again."""
+    model.text.requires_grad_(False).eval()
+    with torch.no_grad():
+        text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
+                                     for ids in torch.arange(len(corpus.texts)).split(512)])
+    log = train(model, image_tower_batches(corpus, text_embeddings, cfg), contrastive_loss,
+                cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune image tower")
+    model.text.requires_grad_(True)
+    return log
+
+
 MODEL_CARD = """# world encoder
 
 A dual encoder for the itir world: the locked all-MiniLM-L6-v2 text tower (not stored here)
@@ -159,8 +193,8 @@ trained from scratch. Embeddings are {embed_dim}-d and L2-normalised.
 
 - Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
   partial caption or 1-4-round dialog prefix, and a full and a partial free description
-  (world/phrasings.py, training forms only); {image_size}x{image_size} images, a quarter
-  of them shrunk to 32x32 and back.
+  (world/phrasings.py, training forms only); {image_size}x{image_size} images (renderer
+  version {render_version}), a quarter of them shrunk to 32x32 and back.
 - {origin}
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
   {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;
@@ -186,12 +220,16 @@ CARD_METADATA = {"license": "mit", "library_name": "pytorch",
 
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
-              resume: bool = False, init: str | Path | None = None) -> dict:
+              resume: bool = False, init: str | Path | None = None, part: str = "text",
+              lr: float | None = None) -> dict:
     """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
     model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall.
 
     With `init` (a saved encoder folder) the run starts from those weights and trains only
-    the text head (`finetune_text_head`); without, everything is trained from scratch."""
+    one `part`: the text head (`finetune_text_head`) or the image tower
+    (`finetune_image_tower`); without, everything is trained from scratch."""
+    if part not in ("text", "image"):
+        raise ValueError(f"part must be 'text' or 'image', not {part!r}")
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 
@@ -200,7 +238,8 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir)
     del tower
-    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed)
+    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed,
+                             **({"lr": lr} if lr is not None else {}))
     out = Path(out)
     def evaluate(m, step):
         return {"val_full_caption": recall_at(m, val), "val_free": recall_at(m, val, kind=3)}
@@ -212,20 +251,25 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     else:
         model = WorldDualEncoder.from_pretrained(str(init))
         model_cfg = model.config
-        log = finetune_text_head(model, corpus, cfg, out, resume=resume, evaluate=evaluate)
+        finetune = finetune_text_head if part == "text" else finetune_image_tower
+        log = finetune(model, corpus, cfg, out, resume=resume, evaluate=evaluate)
+        frozen, trained = (("image tower", "text head") if part == "text"
+                           else ("text side", "image tower"))
         origin = (f"Fine-tuned from `{init}` (its own card tells how that was trained): the "
-                  "image tower frozen, so image embeddings are unchanged; only the text head "
+                  f"{frozen} frozen, so its embeddings are unchanged; only the {trained} "
                   f"and temperature trained here. The original card: `{init}/README.md`.")
     metrics = log[-1]["val_full_caption"]  # the loop evaluates the final weights
     model.save_pretrained(out)
     write_model_card(
         out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
         command=(f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}"
-                 + (f" --init {init}" if init else "")),
+                 + (f" --init {init} --part {part}" if init else "")
+                 + (f" --lr {lr}" if lr is not None else "")),
         origin=origin,
         **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,
         image_params=sum(p.numel() for p in model.image.parameters()) / 1e6, out=out,
-        val_scenes=val_scenes, val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
+        render_version=RENDER_VERSION, val_scenes=val_scenes,
+        val_metrics=", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
         val_free=", ".join(f"{k} {v:.3f}" for k, v in log[-1]["val_free"].items()))
     training_curve(out / "train.log.jsonl", out / "loss.png", "world encoder: InfoNCE loss")
     clear_checkpoints(out)  # the finished model is saved; the resumable state can go

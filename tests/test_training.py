@@ -15,10 +15,15 @@ from generation.train_world import (
 )
 from generation.world_layout import WorldLayoutParser
 from generation.world_unet import TINY, WorldUNetConfig
-from retrieval.train_encoder import EncoderTrainConfig, recall_at, train_encoder
-from retrieval.world_encoder import WorldEncoderConfig
+from retrieval.train_encoder import (
+    EncoderTrainConfig,
+    finetune_image_tower,
+    recall_at,
+    train_encoder,
+)
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 from world.clause_corpus import build_clause_corpus
-from world.corpus import build_corpus
+from world.corpus import Corpus, build_corpus, cached_corpus, render_split
 
 # Smaller than the shipped models so a test step costs milliseconds; same code paths.
 SMALL_ENCODER = WorldEncoderConfig(embed_dim=64, widths=(8, 16, 32, 32))
@@ -85,6 +90,30 @@ def test_encoder_training_lowers_the_loss_and_learns_to_retrieve(tiny_corpus):
     losses = [e["loss"] for e in log]
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
     assert recall_at(model, tiny_corpus)["R@5"] > 5 / 24  # better than chance on its own data
+
+
+def test_an_image_tower_fine_tune_leaves_the_text_side_as_it_was(tiny_corpus):
+    torch.manual_seed(0)
+    model = WorldDualEncoder(SMALL_ENCODER)  # the image tower learns the frozen text side
+    text_before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    image_before = {k: v.clone() for k, v in model.image.state_dict().items()}
+    cfg = EncoderTrainConfig(steps=16, batch_size=16, lr=2e-3, warmup=3, log_every=1)
+    log = finetune_image_tower(model, tiny_corpus, cfg)
+    assert np.mean([e["loss"] for e in log[-4:]]) < 0.5 * np.mean([e["loss"] for e in log[:4]])
+    for k, v in model.text.state_dict().items():  # every query embedding stays the same
+        assert torch.equal(v, text_before[k]), k
+    assert any(not torch.equal(v, image_before[k]) for k, v in model.image.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # handed back trainable
+
+
+def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
+    stale = Corpus(**{**tiny_corpus.__dict__, "images": torch.zeros_like(tiny_corpus.images)})
+    stale.save(tmp_path / "corpus-v3-train-24-64px.pt")  # render 1's name had no suffix
+    corpus = cached_corpus(24, "train", None, 64, tmp_path)  # no text tower: states are kept
+    assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
+    assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "corpus-v3-train-24-64px-r2.pt", "corpus-v3-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

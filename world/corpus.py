@@ -21,7 +21,7 @@ from tqdm import tqdm
 from world.captions import full_caption, partial_caption
 from world.dialogs import make_dialog, round_query
 from world.phrasings import describe
-from world.render import render
+from world.render import RENDER_VERSION, render
 from world.scene import sample_scene, split_seed
 
 
@@ -119,7 +119,22 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v3: broad training vocabulary (v2: the first free descriptions). The version keeps an
-    # older cache from being read as this one.
-    path = Path(cache_dir) / f"corpus-v3-{split}-{n}-{image_size}px.pt"
+    # v3: broad training vocabulary (v2: the first free descriptions); r: the renderer's
+    # version. Either keeps an older cache from being read as this one.
+    name = f"corpus-v3-{split}-{n}-{image_size}px"
+    folder = Path(cache_dir)
+    path = folder / f"{name}-r{RENDER_VERSION}.pt"
+    # Texts do not depend on the renderer: an older render's corpus keeps its text-tower
+    # states (the slow part) and only has its images drawn again. (Render 1 had no suffix.)
+    older = [folder / f"{name}-r{v}.pt" for v in range(RENDER_VERSION - 1, 1, -1)]
+    source = next((p for p in [*older, folder / f"{name}.pt"] if p.exists()), None)
+    if not path.exists() and source is not None:
+        return cached(path, lambda: rerendered(Corpus.load(source), split, image_size),
+                      Corpus.load)
     return cached(path, lambda: build_corpus(n, split, tower, image_size), Corpus.load)
+
+
+def rerendered(corpus: Corpus, split: str, image_size: int) -> Corpus:
+    """`corpus` with its images drawn by today's renderer (texts and states kept)."""
+    corpus.images = render_split(len(corpus.images), split, image_size)[1]
+    return corpus

@@ -19,6 +19,9 @@ CANVAS = 128
 CELL = CANVAS / 3
 RADIUS = {"small": 0.2, "medium": 0.3, "large": 0.42}  # fraction of a cell
 STYLES = ("flat", "outline", "textured", "noisy")
+# Bumped whenever a scene's pixels change, so caches of rendered images are rebuilt.
+# 2: outline scenes get their dark edges (before, Pillow 12's flood fill left them flat).
+RENDER_VERSION = 2
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
