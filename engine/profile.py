@@ -20,6 +20,7 @@ from generation.factory import GeneratorSpec
 from retrieval.device import DTYPES, resolve_dtype
 from retrieval.domain_store import DomainSpec
 from retrieval.factory import EncoderSpec
+from world.render import RENDER_VERSION
 
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
 
@@ -132,7 +133,8 @@ class Profile:
             return home() / "datasets" / self.gallery.dataset.replace("/", "--")
         if self.gallery.folder:
             return Path(self.gallery.folder).expanduser().resolve()
-        return home() / "galleries" / f"world-test-{self.gallery.world_scenes}"
+        # The renderer's version in the name: a renderer fix renders a fresh gallery.
+        return home() / "galleries" / f"world-test-{self.gallery.world_scenes}-r{RENDER_VERSION}"
 
     @property
     def world_gallery(self) -> bool:
@@ -146,7 +148,7 @@ class Profile:
         if self.index:
             return Path(self.index).expanduser().resolve()
         if self.world_gallery:
-            gallery = f"world{self.gallery.world_scenes}"
+            gallery = f"world{self.gallery.world_scenes}-r{RENDER_VERSION}"
         else:
             folder = self.gallery_folder
             gallery = f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"

@@ -7,12 +7,13 @@ text embedding t of the round's query and the embedding g of the pseudo-image dr
 plus the corpus images' embeddings. Drawing pseudo-images is the slow part (hours on a CPU
 for thousands of dialogs), so everything is computed in chunks that are saved as they finish:
 an interrupted run goes on where it stopped, and a cache is reused by every later run.
-The pseudo-images themselves are kept too (32x32 pixels), so a new image tower only
-re-embeds them.
+A small generator's pseudo-images are kept too (the world's are 32x32 pixels), so a new
+image tower only re-embeds them.
 
 Cache keys name exactly what a number depends on: the dialogs (content), the reformulation,
-the encoder (text side: `identity`; image side: `image_identity`, which a text-head fine-tune
-leaves unchanged) and the generator with its steps, guidance and seed.
+the encoder (queries: `identity`, which any change of its weights changes; images:
+`image_identity`, which a text-head fine-tune leaves unchanged) and the generator with its
+steps, guidance and seed.
 """
 
 from __future__ import annotations
@@ -187,31 +188,42 @@ def embed_queries(ds: DialogSet, encoder, cache: Path) -> np.ndarray:
                    len(ds.dialogs), 256, texts, "embed queries", ds.total)
 
 
+# Pseudo-images at most this many pixels on a side are kept on disk (the world's 32x32 take
+# 3 KB each); a hub generator's 512x512 would take gigabytes per benchmark.
+KEEP_PIXELS_UP_TO = 64
+
+
+def _drawing(generator) -> tuple:
+    """What a pseudo-image's pixels depend on, for cache keys."""
+    return (generator.identity, generator.steps, generator.guidance,
+            getattr(generator, "size", None))
+
+
 def draw_pseudo_images(ds: DialogSet, generator, k: int, seed: int, cache: Path,
                        chunk: int = 32) -> Callable[[int, int], np.ndarray]:
     """`drawn(a, b)`: uint8 pixels [b - a, R, k, S, S, 3] of dialogs a..b-1's pseudo-images
-    (seeds seed..seed+k-1, as the engine draws them), each chunk drawn once and kept. The
-    pixels depend on the generator only, so a new image tower re-embeds them in seconds
-    instead of drawing them again (hours on a CPU)."""
+    (seeds seed..seed+k-1, as the engine draws them). A small generator's chunks are drawn
+    once and kept: the pixels depend on the generator only, so a new image tower re-embeds
+    them in seconds instead of drawing them again (hours on a CPU)."""
     queries, rounds = _round_queries(ds), ds.rounds
-    folder = cache / "drawn-{}".format(digest(ds.key, "chatir", generator.identity,
-                                              generator.steps, generator.guidance,
-                                              getattr(generator, "size", None), seed, k, chunk))
+    folder = cache / f"drawn-{digest(ds.key, 'chatir', *_drawing(generator), seed, k, chunk)}"
+    keep = (getattr(generator, "size", None) or KEEP_PIXELS_UP_TO + 1) <= KEEP_PIXELS_UP_TO
 
     def drawn(a: int, b: int) -> np.ndarray:
         path = folder / f"{a:08d}.npy"
         if path.exists():
             return np.load(path)[: b - a]
-        stop = min(a + chunk, ds.total)  # always a whole chunk, as `chunked` keeps them
+        stop = min(a + chunk, ds.total) if keep else b  # kept chunks are whole, as `chunked`'s
         prompts, images = queries[a * rounds:stop * rounds], []
         for i in range(0, len(prompts), 64):  # one generator call per 64 prompts
             images += generator.generate(prompts[i:i + 64], seed=seed, n=k)
         pixels = np.stack([np.asarray(im.convert("RGB")) for im in images])
         pixels = pixels.reshape(stop - a, rounds, k, *pixels.shape[1:])
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, pixels)
-        os.replace(tmp, path)
+        if keep:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, pixels)
+            os.replace(tmp, path)
         return pixels[: b - a]
 
     return drawn
@@ -228,9 +240,7 @@ def embed_pseudo_images(ds: DialogSet, encoder, generator, k: int, seed: int, ca
         images = [Image.fromarray(p) for p in pixels.reshape(-1, *pixels.shape[-3:])]
         return encoder.encode_images(images).reshape(b - a, ds.rounds, k, -1).astype(np.float16)
 
-    key = digest(ds.key, "chatir", encoder.image_identity, generator.identity,
-                 generator.steps, generator.guidance, getattr(generator, "size", None), seed,
-                 k, chunk)
+    key = digest(ds.key, "chatir", encoder.image_identity, *_drawing(generator), seed, k, chunk)
     return chunked(cache / f"pseudo-{key}", len(ds.dialogs), chunk, pseudo,
                    f"pseudo-images (k={k})", ds.total)
 

@@ -378,6 +378,16 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -507,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--part", choices=("text", "image"), default="text",
                    help="with --init: the text head (every gallery's image embeddings stay as "
                         "they are) or the image tower (every query embedding stays)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default: EncoderTrainConfig's)")
     t.add_argument("--threads", type=positive_int, default=2)
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")

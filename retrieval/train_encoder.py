@@ -161,10 +161,11 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
     with torch.no_grad():
         image_embeddings = torch.cat([model.encode_image(corpus.images[i:i + 256])
                                       for i in range(0, len(corpus.images), 256)])
-    log = train(model, text_head_batches(corpus, image_embeddings, cfg), contrastive_loss, cfg,
-                out, resume=resume, evaluate=evaluate, desc="fine-tune text head")
-    model.image.requires_grad_(True)
-    return log
+    try:
+        return train(model, text_head_batches(corpus, image_embeddings, cfg), contrastive_loss,
+                     cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune text head")
+    finally:
+        model.image.requires_grad_(True)
 
 
 def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrainConfig,
@@ -173,16 +174,18 @@ def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTr
     """Go on training `model`'s image tower (and temperature) with the text side frozen.
 
     The mirror of `finetune_text_head`: when the images change (a renderer fix, a new look),
-    only the image side needs to move, and a frozen text side keeps every query embedding,
-    and every cache of them, as it was; galleries and pseudo-images are embedded again."""
+    only the image side needs to move, and a frozen text side keeps every query embedding as
+    it was; galleries and pseudo-images are embedded again. (The encoder's identity still
+    changes, so caches keyed by it, and fusion heads trained for it, are redone.)"""
     model.text.requires_grad_(False).eval()
     with torch.no_grad():
         text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
                                      for ids in torch.arange(len(corpus.texts)).split(512)])
-    log = train(model, image_tower_batches(corpus, text_embeddings, cfg), contrastive_loss,
-                cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune image tower")
-    model.text.requires_grad_(True)
-    return log
+    try:
+        return train(model, image_tower_batches(corpus, text_embeddings, cfg), contrastive_loss,
+                     cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune image tower")
+    finally:
+        model.text.requires_grad_(True)
 
 
 MODEL_CARD = """# world encoder
@@ -230,6 +233,9 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     (`finetune_image_tower`); without, everything is trained from scratch."""
     if part not in ("text", "image"):
         raise ValueError(f"part must be 'text' or 'image', not {part!r}")
+    if part != "text" and init is None:
+        raise ValueError("training only the image tower needs a trained encoder to start "
+                         "from: give --init FOLDER")
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 

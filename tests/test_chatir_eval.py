@@ -81,19 +81,23 @@ def test_pseudo_images_are_drawn_once_and_re_embedded_by_a_new_image_tower(
     from world.build import build_split
 
     build_split(4, "test", tmp_path / "w", size=32)
-    ds = read_dialog_set(tmp_path / "w" / "dialogs.json", limit=2)
+    ds = read_dialog_set(tmp_path / "w" / "dialogs.json", limit=3)  # ends inside chunk 2..3
     models = load_models(load_profile("world", ["generator.steps=2"]))
     shipped, generator = models.encoder, models.generator
     first = embed_pseudo_images(ds, shipped, generator, 1, 0, tmp_path / "cache", chunk=2)
     calls = generator.model_calls
-    assert first.shape == (2, 11, 1, shipped.dim) and calls > 0
+    assert first.shape == (3, 11, 1, shipped.dim) and calls > 0
+    generator._cache.clear()  # only what is on disk may spare the generator now
     other = embed_pseudo_images(ds, random_world_encoder, generator, 1, 0, tmp_path / "cache",
                                 chunk=2)
     assert generator.model_calls == calls  # drawn once, embedded twice
     assert other.shape == first.shape and not np.allclose(other, first)
     # What was kept are the pseudo-images themselves: embedded again, they give `first`.
-    (drawn,) = (tmp_path / "cache").glob("drawn-*/00000000.npy")
-    pixels = np.load(drawn)
+    (folder,) = (tmp_path / "cache").glob("drawn-*")
+    chunks = {p.name: np.load(p) for p in folder.iterdir()}
+    assert sorted(chunks) == ["00000000.npy", "00000002.npy"]
+    assert chunks["00000002.npy"].shape[:3] == (2, 11, 1)  # whole chunk, past the limit
+    pixels = chunks["00000000.npy"]
     assert pixels.dtype == np.uint8 and pixels.shape[:3] == (2, 11, 1)
     from PIL import Image
 

@@ -24,6 +24,7 @@ from retrieval.train_encoder import (
 from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
 from world.clause_corpus import build_clause_corpus
 from world.corpus import Corpus, build_corpus, cached_corpus, render_split
+from world.render import RENDER_VERSION
 
 # Smaller than the shipped models so a test step costs milliseconds; same code paths.
 SMALL_ENCODER = WorldEncoderConfig(embed_dim=64, widths=(8, 16, 32, 32))
@@ -113,7 +114,7 @@ def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, 
     assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
     assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "corpus-v3-train-24-64px-r2.pt", "corpus-v3-train-24-64px.pt"]
+        f"corpus-v3-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v3-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

@@ -24,6 +24,7 @@ from world.captions import full_caption, partial_caption
 from world.corpus import cached, encode_packed, render_split
 from world.dialogs import ROUNDS, make_dialog, round_query
 from world.phrasings import describe
+from world.render import RENDER_VERSION
 from world.scene import sample_scene
 
 
@@ -87,7 +88,8 @@ def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
 def cached_clause_corpus(n: int, split: str, tower, image_size: int,
                          cache_dir: str | Path) -> ClauseCorpus:
     """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v2: broad training vocabulary; the version keeps an older cache from being read.
-    path = Path(cache_dir) / f"clauses-v2-{split}-{n}-{image_size}px.pt"
+    # v2: broad training vocabulary; r: the renderer's version. Either keeps an older cache
+    # from being read as this one.
+    path = Path(cache_dir) / f"clauses-v2-{split}-{n}-{image_size}px-r{RENDER_VERSION}.pt"
     return cached(path, lambda: build_clause_corpus(n, split, tower, image_size),
                   ClauseCorpus.load)
