@@ -20,7 +20,7 @@ from tqdm import tqdm
 from evaluation.metrics import percentiles_ms, recall_at, target_ranks
 from world.captions import full_caption
 from world.dialogs import make_dialog
-from world.phrasings import describe
+from world.phrasings import PARTS, describe
 from world.render import STYLES, render
 from world.scene import sample_scene, split_seed
 
@@ -63,7 +63,11 @@ def bench_encoder(encoder, n: int = 5000) -> dict:
              # held out of training (other frames, orders and synonyms).
              "free description": [describe(s, random.Random(s.seed)) for s in scenes],
              "held-out phrasing": [describe(s, random.Random(s.seed), "heldout")
-                                   for s in scenes]}
+                                   for s in scenes],
+             # What each kind of unseen choice costs alone (the rest in training forms).
+             **{f"held-out {part} only": [describe(s, random.Random(s.seed), "heldout",
+                                                   parts=(part,)) for s in scenes]
+                for part in PARTS}}
     styles = np.array([s.style for s in scenes])
     result = {"scenes": n, "encoder": encoder.identity}
     for name, batch in texts.items():

@@ -145,15 +145,20 @@ OBJECT_ORDERS = (  # attribute order of an object phrase; "place" may lead or tr
 )
 
 
-def _pick(rng: random.Random, options: tuple[tuple, tuple], split: str):
+# The kinds of choice a description makes; `describe(..., "heldout", parts=...)` draws only
+# these from the held-out sets, which shows what unseen wording costs, kind by kind.
+PARTS = ("words", "places", "styles", "frames", "joins", "orders")
+
+
+def _pick(rng: random.Random, options: tuple[tuple, tuple], held_out: bool):
     """One option from the train set, or from the held-out set (falling back to train)."""
     train, held = options
-    return rng.choice(held if split == "heldout" and held and rng.random() < 0.7 else train)
+    return rng.choice(held if held_out and held and rng.random() < 0.7 else train)
 
 
-def _word(kind: str, value: str, rng: random.Random, split: str) -> str:
+def _word(kind: str, value: str, rng: random.Random, held_out: bool) -> str:
     options = SYNONYMS[kind].get(value)
-    return _pick(rng, options, split) if options else value
+    return _pick(rng, options, held_out) if options else value
 
 
 def _article(words: str) -> str:
@@ -161,14 +166,16 @@ def _article(words: str) -> str:
 
 
 def object_description(obj: SceneObject, attrs: set[str], rng: random.Random,
-                       split: str = "train") -> str:
-    """One object in a random attribute order with synonyms; `attrs` limits what is said."""
-    order = _pick(rng, OBJECT_ORDERS, split)
-    words = {"size": _word("size", obj.size, rng, split),
-             "colour": _word("colour", obj.colour, rng, split),
-             "fill": _word("fill", obj.fill, rng, split),
-             "shape": _word("shape", obj.shape, rng, split) if "shape" in attrs else "shape",
-             "place": _pick(rng, PLACES[obj.position], split)}
+                       held: frozenset[str] = frozenset()) -> str:
+    """One object in a random attribute order with synonyms; `attrs` limits what is said;
+    `held` names the kinds of choice (PARTS) drawn from the held-out sets."""
+    order = _pick(rng, OBJECT_ORDERS, "orders" in held)
+    word = "words" in held
+    words = {"size": _word("size", obj.size, rng, word),
+             "colour": _word("colour", obj.colour, rng, word),
+             "fill": _word("fill", obj.fill, rng, word),
+             "shape": _word("shape", obj.shape, rng, word) if "shape" in attrs else "shape",
+             "place": _pick(rng, PLACES[obj.position], "places" in held)}
     wanted = attrs | {"shape"} | ({"place"} if "position" in attrs else set())
     said = [k for k in order if k in wanted]
     # Multi-word modifiers ("with stripes") read after the noun; the place is handled last.
@@ -185,33 +192,39 @@ def object_description(obj: SceneObject, attrs: set[str], rng: random.Random,
 
 
 def describe(scene: Scene, rng: random.Random, split: str = "train",
-             partial: bool = False) -> str:
+             partial: bool = False, parts: tuple[str, ...] = PARTS) -> str:
     """A free description of `scene`. Full by default (every object, every attribute, the
-    background); `partial` leaves out objects, attributes and the background at random."""
+    background); `partial` leaves out objects, attributes and the background at random.
+    With `split="heldout"`, the kinds of choice in `parts` (all by default) come from the
+    held-out sets that training never sees."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    if unknown := set(parts) - set(PARTS):
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    held = frozenset(parts) if split == "heldout" else frozenset()
     objects = list(scene.objects)
     if rng.random() < 0.5:
         rng.shuffle(objects)  # people do not describe in reading order
-    everything = {"shape", "colour", "size", "fill", "position"}
+    everything = ("shape", "colour", "size", "fill", "position")  # a tuple: a set's order
+    # changes from process to process (string hashing), and with it what rng draws for which
     if partial:
         keep = rng.randint(1, len(objects))
         objects = objects[:keep]
         attr_sets = [{a for a in everything if rng.random() < 0.6} | {"shape"}
                      for _ in objects]
     else:
-        attr_sets = [everything] * len(objects)
-    phrases = [object_description(o, a, rng, split) for o, a in zip(objects, attr_sets)]
-    glue = _pick(rng, LIST_JOINS, split)
+        attr_sets = [set(everything)] * len(objects)
+    phrases = [object_description(o, a, rng, held) for o, a in zip(objects, attr_sets)]
+    glue = _pick(rng, LIST_JOINS, "joins" in held)
     objs = phrases[0] if len(phrases) == 1 else glue.join(phrases)
     if partial and rng.random() < 0.4:
         return objs
-    frame = _pick(rng, FRAMES, split)
-    bg = _word("colour", scene.background, rng, split)
+    frame = _pick(rng, FRAMES, "frames" in held)
+    bg = _word("colour", scene.background, rng, "words" in held)
     text = frame.format(objs=objs, bg=bg, n=NUMBERS[len(scene.objects)])
     if len(scene.objects) == 1:
         text = text.replace("one shapes", "one shape").replace("one things", "one thing")
     if not partial and rng.random() < 0.3:
-        style = _pick(rng, STYLES[scene.style], split)
+        style = _pick(rng, STYLES[scene.style], "styles" in held)
         text = f"{text}, {style}" if rng.random() < 0.5 else f"{style}: {text}"
     return text
