@@ -68,42 +68,26 @@ def scene_text_picker(corpus: Corpus, batch_size: int
     return pick
 
 
-def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig
+def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig, *,
+                    image_embeddings: torch.Tensor | None = None,
+                    text_embeddings: torch.Tensor | None = None
                     ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
-    """Batch sampler: `batch_size` distinct scenes, each with one of its texts at random."""
+    """Batch sampler: `batch_size` distinct scenes, each with one of its texts at random.
+    A side given as precomputed embeddings (a frozen side) comes as those, not as inputs."""
     pick = scene_text_picker(corpus, cfg.batch_size)
 
     def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
         scenes, text_ids = pick(gen)
-        states, mask = corpus.batch_states(text_ids)
-        images = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
-        return {"images": images, "states": states, "mask": mask}
-
-    return sample
-
-
-def text_head_batches(corpus: Corpus, image_embeddings: torch.Tensor, cfg: EncoderTrainConfig
-                      ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
-    """Like `encoder_batches`, with the frozen image tower's embeddings in place of pixels."""
-    pick = scene_text_picker(corpus, cfg.batch_size)
-
-    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        scenes, text_ids = pick(gen)
-        states, mask = corpus.batch_states(text_ids)
-        return {"image_embeddings": image_embeddings[scenes], "states": states, "mask": mask}
-
-    return sample
-
-
-def image_tower_batches(corpus: Corpus, text_embeddings: torch.Tensor, cfg: EncoderTrainConfig
-                        ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
-    """Like `encoder_batches`, with the frozen text side's embeddings in place of states."""
-    pick = scene_text_picker(corpus, cfg.batch_size)
-
-    def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
-        scenes, text_ids = pick(gen)
-        images = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
-        return {"images": images, "text_embeddings": text_embeddings[text_ids]}
+        batch = {}
+        if image_embeddings is None:
+            batch["images"] = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
+        else:
+            batch["image_embeddings"] = image_embeddings[scenes]
+        if text_embeddings is None:
+            batch["states"], batch["mask"] = corpus.batch_states(text_ids)
+        else:
+            batch["text_embeddings"] = text_embeddings[text_ids]
+        return batch
 
     return sample
 
@@ -162,8 +146,9 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
         image_embeddings = torch.cat([model.encode_image(corpus.images[i:i + 256])
                                       for i in range(0, len(corpus.images), 256)])
     try:
-        return train(model, text_head_batches(corpus, image_embeddings, cfg), contrastive_loss,
-                     cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune text head")
+        return train(model, encoder_batches(corpus, cfg, image_embeddings=image_embeddings),
+                     contrastive_loss, cfg, out, resume=resume, evaluate=evaluate,
+                     desc="fine-tune text head")
     finally:
         model.image.requires_grad_(True)
 
@@ -182,8 +167,9 @@ def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTr
         text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
                                      for ids in torch.arange(len(corpus.texts)).split(512)])
     try:
-        return train(model, image_tower_batches(corpus, text_embeddings, cfg), contrastive_loss,
-                     cfg, out, resume=resume, evaluate=evaluate, desc="fine-tune image tower")
+        return train(model, encoder_batches(corpus, cfg, text_embeddings=text_embeddings),
+                     contrastive_loss, cfg, out, resume=resume, evaluate=evaluate,
+                     desc="fine-tune image tower")
     finally:
         model.text.requires_grad_(True)
 
