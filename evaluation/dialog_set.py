@@ -11,9 +11,9 @@ A small generator's pseudo-images are kept too (the world's are 32x32 pixels), s
 image tower only re-embeds them.
 
 Cache keys name exactly what a number depends on: the dialogs (content), the reformulation,
-the encoder (queries: `identity`, which any change of its weights changes; images:
-`image_identity`, which a text-head fine-tune leaves unchanged) and the generator with its
-steps, guidance and seed.
+the encoder (queries: `text_identity`, which an image-tower fine-tune leaves unchanged;
+images: `image_identity`, which a text-head fine-tune leaves unchanged) and the generator
+with its steps, guidance and seed.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def embed_queries(ds: DialogSet, encoder, cache: Path) -> np.ndarray:
     def texts(a: int, b: int) -> np.ndarray:
         return encoder.encode_texts(queries[a * rounds:b * rounds]).reshape(b - a, rounds, -1)
 
-    return chunked(cache / f"text-{digest(ds.key, 'chatir', encoder.identity)}",
+    return chunked(cache / f"text-{digest(ds.key, 'chatir', encoder.text_identity)}",
                    len(ds.dialogs), 256, texts, "embed queries", ds.total)
 
 

@@ -26,6 +26,7 @@ from retrieval.world_encoder import WorldDualEncoder
 class Encoder(Protocol):
     identity: str
     image_identity: str  # the image side alone: what image embeddings depend on
+    text_identity: str  # the text side alone: what text embeddings depend on
     dim: int
     num_parameters: int  # every weight used to embed, frozen text tower included
     max_tokens: int  # the text window; longer text is cut by the tokenizer
@@ -84,6 +85,10 @@ class WorldEncoder:
         self.num_parameters = sum(p.numel() for m in (self.model, text_tower.model)
                                   for p in m.parameters())
         self.max_tokens = text_tower.max_tokens
+        # An image-tower fine-tune (`--part image`) or a renamed folder leaves query
+        # embeddings as they were; caches of them are keyed by this, so they survive it.
+        self.text_identity = (f"world-text@{tensor_digest(self.model.text.state_dict())}"
+                              f"/{cfg.text_tower}/{self.max_tokens}")
         self.routed: RoutedImageTower | None = None
         self.router: Router | None = None
         if domains is not None:
@@ -203,7 +208,7 @@ class TransformersEncoder:
         if self.device.type == "cuda":  # on a ZeroGPU Space, a GPU is attached per call
             self.encode_texts = gpu_decorated(self.encode_texts)
             self.encode_images = gpu_decorated(self.encode_images)
-        self.identity = self.image_identity = f"{self.kind}:{location}"
+        self.identity = self.image_identity = self.text_identity = f"{self.kind}:{location}"
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.max_tokens = getattr(self, "max_tokens", None) or min(
             self.processor.tokenizer.model_max_length, 512)
