@@ -131,6 +131,21 @@ def random_world_encoder(random_world_encoder_dir, text_tower):
 
 
 @pytest.fixture(scope="session")
+def image_tuned_world_encoder(random_world_encoder_dir, text_tower, tmp_path_factory):
+    """`random_world_encoder` with only its image tower changed, saved in another folder (as
+    `itir train-encoder --part image --out NEW` leaves it)."""
+    from retrieval.encoders import WorldEncoder
+    from retrieval.world_encoder import WorldDualEncoder
+
+    model = WorldDualEncoder.from_pretrained(random_world_encoder_dir)
+    with torch.no_grad():
+        model.image.proj[-1].bias.add_(0.1)
+    folder = tmp_path_factory.mktemp("enc") / "image-tuned"
+    model.save_pretrained(folder)
+    return WorldEncoder(folder, text_tower)
+
+
+@pytest.fixture(scope="session")
 def shipped_encoder(text_tower):
     from engine.profile import load_profile
     from retrieval.encoders import WorldEncoder

@@ -105,6 +105,25 @@ def test_pseudo_images_are_drawn_once_and_re_embedded_by_a_new_image_tower(
     np.testing.assert_allclose(again, first[1, :, 0].astype(np.float32), atol=2e-3)
 
 
+def test_query_embeddings_survive_a_new_image_tower(tmp_path, random_world_encoder,
+                                                    image_tuned_world_encoder, monkeypatch):
+    """Query embeddings are cached by the text side alone: an image-tower fine-tune saved in
+    another folder reads them from disk instead of running the text tower again."""
+    from evaluation.dialog_set import embed_queries
+    from world.build import build_split
+
+    build_split(2, "test", tmp_path / "w", size=32)
+    ds = read_dialog_set(tmp_path / "w" / "dialogs.json")
+    first = embed_queries(ds, random_world_encoder, tmp_path / "cache")
+
+    def no_text_tower(texts):
+        raise AssertionError("query embeddings were computed again")
+
+    monkeypatch.setattr(image_tuned_world_encoder, "encode_texts", no_text_tower)
+    again = embed_queries(ds, image_tuned_world_encoder, tmp_path / "cache")
+    np.testing.assert_array_equal(again, first)
+
+
 def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys):
     """`itir eval` end to end with the shipped world models on three dialogs."""
     from itir.cli import main

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from retrieval.encoders import BLIPEncoder, CLIPEncoder, WorldEncoder
@@ -123,15 +122,10 @@ def test_an_unreachable_hub_fails_in_seconds_not_after_retries(monkeypatch):
     assert device.offline_kwargs(".") == {}  # a local folder loads as it is
 
 
-def test_each_side_has_its_own_identity(random_world_encoder_dir, random_world_encoder,
-                                        text_tower, tmp_path):
+def test_each_side_has_its_own_identity(random_world_encoder, image_tuned_world_encoder):
     """Cached embeddings are keyed per side: a new image tower (in a renamed folder) keeps the
     text side's identity, so cached query embeddings are reused, and changes the image side's."""
-    model = WorldDualEncoder.from_pretrained(random_world_encoder_dir)
-    with torch.no_grad():
-        model.image.proj[-1].bias.add_(0.1)
-    model.save_pretrained(tmp_path / "image-tuned")
-    tuned = WorldEncoder(tmp_path / "image-tuned", text_tower)
+    tuned = image_tuned_world_encoder
     assert tuned.text_identity == random_world_encoder.text_identity
     assert tuned.image_identity != random_world_encoder.image_identity
     assert tuned.identity != random_world_encoder.identity
