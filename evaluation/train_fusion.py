@@ -15,7 +15,7 @@ import numpy as np
 from evaluation.chatir import compare
 from evaluation.dialog_set import DialogEmbeddings
 from fusion.adafuse import ADaFuSE, ADaFuSEConfig, ADaFuSEHead
-from fusion.train_adafuse import FusionTrainConfig, train_adafuse
+from fusion.train_adafuse import TEXT_HINGE, FusionTrainConfig, train_adafuse
 
 
 def chatir_validation(val: DialogEmbeddings):
@@ -40,11 +40,13 @@ A gated dual-branch fusion head (ADaFuSE, DESIGN.md "Fusion") for the embeddings
   `{val_file}` against its corpus of {val_corpus} images.
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
   {warmup} warm-up steps then cosine, gradient clipping {grad_clip}, EMA {ema_decay};
-  symmetric InfoNCE with the head's learnable temperature; seed {seed}; final loss
-  {final_loss:.4f}. Kept: the weights of step {best_step} (best mean validation Hits@10).
+  {objective}; seed {seed}; final loss {final_loss:.4f}. Kept: the weights of step
+  {best_step} (best mean validation Hits@10).
 - Wall time: {minutes:.1f} min on {hardware}, after the embedding caches were built.
 - Validation, cumulative Hits@10 at rounds 0 / 2 / 5 / 10: ADaFuSE {val_adafuse}; text only
   {val_text}; DAR {val_dar}.
+- Validation, share of dialogs whose target ranks worse than with the text alone, rounds
+  0 / 2 / 5 / 10: ADaFuSE {val_worse}; DAR {val_dar_worse}.
 - Test numbers: docs/BENCHMARKS.md (`itir eval`).
 
 Use: `profile.fusion = "{out}"` (or `--set fusion={out}`); `fusion.load_fusion("{out}")`.
@@ -58,9 +60,17 @@ def _at_rounds(hits: list[float]) -> str:
     return " / ".join(f"{hits[r]:.1f}%" for r in (0, 2, 5, 10) if r < len(hits))
 
 
+def _objective(text_hinge: float) -> str:
+    plain = "symmetric InfoNCE with the head's learnable temperature"
+    if not text_hinge:
+        return plain + " (DESIGN.md's loss)"
+    return f"{plain}, plus {text_hinge:g} x the text hinge (fusion/train_adafuse.py)"
+
+
 def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | Path,
               steps: int, limit: int | None = None, val_limit: int | None = None,
               batch_size: int = 256, lr: float = 5e-5, seed: int = 0,
+              text_hinge: float = TEXT_HINGE,
               resume: bool = False, images_root: str | Path | None = None,
               corpus: str | Path | None = None, val_corpus: str | Path | None = None) -> dict:
     """Embed (or reuse the caches of) both dialog sets with the profile's frozen encoder and
@@ -82,7 +92,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
     train_emb = embed_dialog_set(train_set, encoder, generator, seed=seed_g)
     val_emb = embed_dialog_set(val_set, encoder, generator, seed=seed_g)
     model_cfg = ADaFuSEConfig.for_encoder(encoder.dim, encoder.num_parameters, encoder.identity)
-    cfg = FusionTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    cfg = FusionTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                            text_hinge=text_hinge)
     fusion, log, best = train_adafuse(
         train_emb.text, train_emb.pseudo(1), train_emb.corpus[train_emb.targets], model_cfg,
         cfg, chatir_validation(val_emb), out, resume=resume)
@@ -96,6 +107,7 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
                  f"--val-dialogs {val_file} --steps {steps}"
                  + (f" --limit {limit}" if limit else "")
                  + (f" --val-limit {val_limit}" if val_limit else "")
+                 + f" --text-hinge {text_hinge:g}"
                  + (f" --images {images_root}" if images_root else "") + f" --out {out}"),
         **run_facts(cfg, log), **asdict(model_cfg), encoder_name=profile.encoder.kind,
         generator=generator.identity, gen_steps=generator.steps,
@@ -103,9 +115,12 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
         encoder_params=encoder.num_parameters, ratio=params / encoder.num_parameters,
         train_dialogs=len(train_set.dialogs), train_file=train_file,
         val_dialogs=len(val_set.dialogs), val_file=val_file, val_corpus=len(val_set.corpus),
-        best_step=best.get("step"), out=out,
+        best_step=best.get("step"), out=out, objective=_objective(text_hinge),
         val_adafuse=_at_rounds(val["adafuse"]["hits@10"]),
-        val_text=_at_rounds(val["text"]["hits@10"]), val_dar=_at_rounds(val["dar"]["hits@10"]))
-    training_curve(out / "train.log.jsonl", out / "loss.png", "ADaFuSE: InfoNCE loss")
+        val_text=_at_rounds(val["text"]["hits@10"]), val_dar=_at_rounds(val["dar"]["hits@10"]),
+        val_worse=_at_rounds(val["adafuse"]["degradation_by_round"]),
+        val_dar_worse=_at_rounds(val["dar"]["degradation_by_round"]))
+    training_curve(out / "train.log.jsonl", out / "loss.png",
+                   "ADaFuSE: InfoNCE + text hinge" if text_hinge else "ADaFuSE: InfoNCE loss")
     clear_checkpoints(out)
     return best

@@ -51,7 +51,7 @@ class Fusion(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps({"kind": self.kind, **self.config()},
-                                                     indent=2))
+                                                     indent=2) + "\n")
         return folder
 
     @classmethod

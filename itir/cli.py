@@ -49,9 +49,11 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     profile = _profile(args)
     out = args.out or home() / "fusions" / f"{profile.name}-adafuse"
+    hinge = {} if args.text_hinge is None else {"text_hinge": args.text_hinge}
     best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
                      args.limit, args.val_limit, lr=args.lr, resume=args.resume,
-                     images_root=args.images, corpus=args.corpus, val_corpus=args.val_corpus)
+                     images_root=args.images, corpus=args.corpus, val_corpus=args.val_corpus,
+                     **hinge)
     print(f"wrote {out}", file=sys.stderr)
     if "step" in best:
         print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
@@ -395,6 +397,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -549,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--val-limit", type=positive_int, default=None)
     f.add_argument("--steps", type=positive_int, default=4000)
     f.add_argument("--lr", type=float, default=5e-5)
+    f.add_argument("--text-hinge", type=non_negative_float, default=None, metavar="W",
+                   help="weight of the loss where fusing in the pseudo-image raises an "
+                   "example's InfoNCE above the text query's (default: TEXT_HINGE in "
+                   "fusion/train_adafuse.py; 0: DESIGN.md's plain InfoNCE)")
     f.add_argument("--out", default=None, help="checkpoint folder (default: ITIR_HOME/"
                    "fusions/<profile>-adafuse, where fusion = auto finds it)")
     f.add_argument("--threads", type=positive_int, default=2)
