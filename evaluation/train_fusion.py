@@ -70,11 +70,12 @@ def _objective(text_hinge: float) -> str:
 def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | Path,
               steps: int, limit: int | None = None, val_limit: int | None = None,
               batch_size: int = 256, lr: float = 5e-5, seed: int = 0,
-              text_hinge: float = TEXT_HINGE,
+              text_hinge: float | None = None,
               resume: bool = False, images_root: str | Path | None = None,
               corpus: str | Path | None = None, val_corpus: str | Path | None = None) -> dict:
     """Embed (or reuse the caches of) both dialog sets with the profile's frozen encoder and
-    generator, train, and write the checkpoint folder `out` with its card and loss curve."""
+    generator, train, and write the checkpoint folder `out` with its card and loss curve
+    (`text_hinge` None: the default weight, `TEXT_HINGE`)."""
     from engine.factory import load_models
     from evaluation.dialog_set import embed_dialog_set, read_dialog_set
     from fusion import DAR, TextOnly
@@ -92,6 +93,7 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
     train_emb = embed_dialog_set(train_set, encoder, generator, seed=seed_g)
     val_emb = embed_dialog_set(val_set, encoder, generator, seed=seed_g)
     model_cfg = ADaFuSEConfig.for_encoder(encoder.dim, encoder.num_parameters, encoder.identity)
+    text_hinge = TEXT_HINGE if text_hinge is None else text_hinge
     cfg = FusionTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                             text_hinge=text_hinge)
     fusion, log, best = train_adafuse(

@@ -49,11 +49,10 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     profile = _profile(args)
     out = args.out or home() / "fusions" / f"{profile.name}-adafuse"
-    hinge = {} if args.text_hinge is None else {"text_hinge": args.text_hinge}
     best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
-                     args.limit, args.val_limit, lr=args.lr, resume=args.resume,
-                     images_root=args.images, corpus=args.corpus, val_corpus=args.val_corpus,
-                     **hinge)
+                     args.limit, args.val_limit, lr=args.lr, text_hinge=args.text_hinge,
+                     resume=args.resume, images_root=args.images, corpus=args.corpus,
+                     val_corpus=args.val_corpus)
     print(f"wrote {out}", file=sys.stderr)
     if "step" in best:
         print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
@@ -380,12 +379,16 @@ def torch_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
@@ -398,10 +401,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
