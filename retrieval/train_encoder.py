@@ -181,9 +181,11 @@ with a trained one-layer attention head, and a {image_params:.2f}M-parameter CNN
 trained from scratch. Embeddings are {embed_dim}-d and L2-normalised.
 
 - Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
-  partial caption or 1-4-round dialog prefix, and a full and a partial free description
-  (world/phrasings.py, training forms only); {image_size}x{image_size} images (renderer
-  version {render_version}), a quarter of them shrunk to 32x32 and back.
+  partial caption or 1-4-round dialog prefix, a full and a partial free description
+  (world/phrasings.py, training forms only) and two full and one partial in varied wording
+  (world/varied.py: a grammar of places, more frames and joins, unknown words in place of
+  8% of attribute words; no held-out word or phrase); {image_size}x{image_size} images
+  (renderer version {render_version}), a quarter of them shrunk to 32x32 and back.
 - {origin}
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
   {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;

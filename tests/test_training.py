@@ -60,9 +60,10 @@ def test_clause_corpus_reads_each_distinct_clause_once(clause_corpus):
 
 def test_corpus_packs_states_per_text(tiny_corpus):
     c = tiny_corpus
-    assert c.images.shape == (24, 3, 64, 64) and len(c.texts) == 96
-    for kind in (0, 3, 4):  # one full caption and two free descriptions per scene
-        assert (c.text_kind == kind).sum() == 24
+    assert c.images.shape == (24, 3, 64, 64) and len(c.texts) == 7 * 24
+    # one full caption, two free descriptions and three in varied wording per scene
+    for kind, per_scene in ((0, 1), (3, 1), (4, 1), (5, 2), (6, 1)):
+        assert (c.text_kind == kind).sum() == 24 * per_scene
     states, mask = c.batch_states(c.offsets.new_tensor([0, 5]))
     assert states.shape[0] == 2 and mask.sum(1).tolist() == [
         int(c.offsets[1] - c.offsets[0]), int(c.offsets[6] - c.offsets[5])]
@@ -109,12 +110,12 @@ def test_an_image_tower_fine_tune_leaves_the_text_side_as_it_was(tiny_corpus):
 
 def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
     stale = Corpus(**{**tiny_corpus.__dict__, "images": torch.zeros_like(tiny_corpus.images)})
-    stale.save(tmp_path / "corpus-v3-train-24-64px.pt")  # render 1's name had no suffix
+    stale.save(tmp_path / "corpus-v4-train-24-64px.pt")  # render 1's name had no suffix
     corpus = cached_corpus(24, "train", None, 64, tmp_path)  # no text tower: states are kept
     assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
     assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"corpus-v3-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v3-train-24-64px.pt"]
+        f"corpus-v4-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v4-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

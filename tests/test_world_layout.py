@@ -114,3 +114,36 @@ def test_phrasings_are_the_same_in_every_process_and_parts_hold_out_one_kind_at_
                                   for i, s in enumerate(scenes))
     with pytest.raises(ValueError, match="unknown parts"):
         describe(scenes[0], random.Random(0), "heldout", parts=("verbs",))
+
+
+def test_varied_wording_never_says_what_held_out_wording_says():
+    import re
+
+    import pytest
+
+    from world.varied import HELD_OUT_WORDS, Extra, says_held_out, unknown_word_pool
+
+    pool = unknown_word_pool(["zebra", "piano", "wee", "red", "crimson", "lozenge", "x1", "at",
+                              "chess", "circles", "maroon", "left", "two", "background"])
+    # Out: attribute, place, count and frame words, held-out words and their stems, non-words.
+    assert pool == ("piano", "zebra")
+    extra = Extra(unknown_words=pool)
+    texts = [describe(sample_scene(i), random.Random(i), extra=extra) for i in range(300)]
+    words = {w for t in texts for w in re.findall(r"[a-z]+", t.lower())}
+    assert not words & HELD_OUT_WORDS
+    # The wider forms are used, unknown words come at about the set rate ...
+    assert sum(w in ("piano", "zebra") for t in texts for w in t.split()) > 100
+    assert len({p for t in texts for p in extra.places["top left"] if p in t}) > 30
+    # ... and without `extra` descriptions are what they always were.
+    assert [describe(sample_scene(i), random.Random(i)) for i in range(5)] == [
+        describe(sample_scene(i), random.Random(i), extra=None) for i in range(5)]
+    # A held-out phrase in other dress is refused, as is a held-out-only word.
+    assert says_held_out("left middle") and says_held_out("a wee box")
+    assert says_held_out("upper-left-hand")  # held-out "upper-left" inside
+    assert not says_held_out("middle left")
+    with pytest.raises(ValueError, match="held-out"):
+        Extra(frames=("{objs} in the left middle of {bg}",))
+    with pytest.raises(ValueError, match="held-out"):
+        Extra(places={"center": ("dead centre",)})
+    with pytest.raises(ValueError, match="extra training forms"):
+        describe(sample_scene(1), random.Random(1), "heldout", extra=extra)

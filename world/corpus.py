@@ -23,6 +23,7 @@ from world.dialogs import make_dialog, round_query
 from world.phrasings import describe
 from world.render import RENDER_VERSION, render
 from world.scene import sample_scene, split_seed
+from world.varied import Extra, unknown_word_pool
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Corpus:
     images: torch.Tensor  # [N, 3, S, S] uint8
     text_scene: torch.Tensor  # [T] index of the scene each text describes
     text_kind: torch.Tensor  # [T] 0 = full caption, 1 = partial caption, 2 = dialog prefix,
-    # 3 = free description, 4 = partial free description
+    # 3 = free description, 4 = partial free description, 5 and 6 = the same in varied
+    # wording (world/varied.py)
     states: torch.Tensor  # [sum of lengths, W] fp16, packed
     offsets: torch.Tensor  # [T + 1] start of each text's rows in `states`
     texts: list[str]
@@ -54,9 +56,10 @@ class Corpus:
         return cls(**torch.load(path, weights_only=False))
 
 
-def scene_texts(seed: int) -> list[tuple[int, str]]:
+def scene_texts(seed: int, extra: Extra | None = None) -> list[tuple[int, str]]:
     """(kind, text) pairs for one scene: a full caption, a partial view of it, and a full
-    and a partial free description (world/phrasings.py, training forms only)."""
+    and a partial free description (world/phrasings.py, training forms only); with `extra`,
+    two more full ones and a partial one in its wider wording (world/varied.py)."""
     rng = random.Random(seed * 13 + 5)
     scene = sample_scene(seed)
     texts = [(0, full_caption(scene, rng))]
@@ -66,6 +69,9 @@ def scene_texts(seed: int) -> list[tuple[int, str]]:
         texts.append((2, round_query(make_dialog(scene, rng), rng.randint(1, 4))))
     texts.append((3, describe(scene, rng)))
     texts.append((4, describe(scene, rng, partial=True)))
+    if extra is not None:  # drawn after the others, which stay as they were
+        texts += [(5, describe(scene, rng, extra=extra)), (5, describe(scene, rng, extra=extra)),
+                  (6, describe(scene, rng, partial=True, extra=extra))]
     return texts
 
 
@@ -107,9 +113,11 @@ def cached(path: Path, build: Callable[[], Any], load: Callable[[Path], Any]) ->
 
 def build_corpus(n: int, split: str, tower, image_size: int = 64,
                  batch_size: int = 128) -> Corpus:
-    """Render `n` scenes of `split` and encode their texts with the locked `tower`."""
+    """Render `n` scenes of `split` and encode their texts with the locked `tower`; the
+    varied descriptions' unknown words come from the tower's own vocabulary."""
     seeds, images = render_split(n, split, image_size)
-    pairs = [(i, kind, text) for i, s in enumerate(seeds) for kind, text in scene_texts(s)]
+    extra = Extra(unknown_words=unknown_word_pool(tower.tokenizer.get_vocab()))
+    pairs = [(i, kind, text) for i, s in enumerate(seeds) for kind, text in scene_texts(s, extra)]
     texts = [p[2] for p in pairs]
     states, offsets = encode_packed(tower, texts, batch_size)
     return Corpus(images=images, text_scene=torch.tensor([p[0] for p in pairs]),
@@ -119,9 +127,10 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v3: broad training vocabulary (v2: the first free descriptions); r: the renderer's
-    # version. Either keeps an older cache from being read as this one.
-    name = f"corpus-v3-{split}-{n}-{image_size}px"
+    # v4: varied wording (world/varied.py); v3: broad training vocabulary; v2: the first
+    # free descriptions; r: the renderer's version. Each keeps an older cache from being read
+    # as this one.
+    name = f"corpus-v4-{split}-{n}-{image_size}px"
     folder = Path(cache_dir)
     path = folder / f"{name}-r{RENDER_VERSION}.pt"
     # Texts do not depend on the renderer: an older render's corpus keeps its text-tower

@@ -14,9 +14,13 @@ wording they have never seen.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING, Any
 
 from world.captions import NUMBERS
 from world.scene import Scene, SceneObject
+
+if TYPE_CHECKING:
+    from world.varied import Extra
 
 # Each entry: value -> (train words, held-out words). The first train word is the
 # template's own, so template captions stay in the training distribution. The train sets are
@@ -150,13 +154,18 @@ OBJECT_ORDERS = (  # attribute order of an object phrase; "place" may lead or tr
 PARTS = ("words", "places", "styles", "frames", "joins", "orders")
 
 
-def _pick(rng: random.Random, options: tuple[tuple, tuple], held_out: bool):
-    """One option from the train set, or from the held-out set (falling back to train)."""
+def _pick(rng: random.Random, options: tuple[tuple, tuple], held_out: bool,
+          more: tuple = ()) -> Any:
+    """One option from the train set (with `more` training forms), or from the held-out set
+    (falling back to train)."""
     train, held = options
-    return rng.choice(held if held_out and held and rng.random() < 0.7 else train)
+    return rng.choice(held if held_out and held and rng.random() < 0.7 else train + more)
 
 
-def _word(kind: str, value: str, rng: random.Random, held_out: bool) -> str:
+def _word(kind: str, value: str, rng: random.Random, held_out: bool,
+          extra: Extra | None = None) -> str:
+    if extra is not None and extra.unknown_rate and rng.random() < extra.unknown_rate:
+        return rng.choice(extra.unknown_words)
     options = SYNONYMS[kind].get(value)
     return _pick(rng, options, held_out) if options else value
 
@@ -166,16 +175,19 @@ def _article(words: str) -> str:
 
 
 def object_description(obj: SceneObject, attrs: set[str], rng: random.Random,
-                       held: frozenset[str] = frozenset()) -> str:
+                       held: frozenset[str] = frozenset(), extra: Extra | None = None) -> str:
     """One object in a random attribute order with synonyms; `attrs` limits what is said;
-    `held` names the kinds of choice (PARTS) drawn from the held-out sets."""
+    `held` names the kinds of choice (PARTS) drawn from the held-out sets; `extra` adds
+    training forms (world/varied.py)."""
     order = _pick(rng, OBJECT_ORDERS, "orders" in held)
     word = "words" in held
-    words = {"size": _word("size", obj.size, rng, word),
-             "colour": _word("colour", obj.colour, rng, word),
-             "fill": _word("fill", obj.fill, rng, word),
-             "shape": _word("shape", obj.shape, rng, word) if "shape" in attrs else "shape",
-             "place": _pick(rng, PLACES[obj.position], "places" in held)}
+    words = {"size": _word("size", obj.size, rng, word, extra),
+             "colour": _word("colour", obj.colour, rng, word, extra),
+             "fill": _word("fill", obj.fill, rng, word, extra),
+             "shape": (_word("shape", obj.shape, rng, word, extra) if "shape" in attrs
+                       else "shape"),
+             "place": _pick(rng, PLACES[obj.position], "places" in held,
+                            extra.places[obj.position] if extra else ())}
     wanted = attrs | {"shape"} | ({"place"} if "position" in attrs else set())
     said = [k for k in order if k in wanted]
     # Multi-word modifiers ("with stripes") read after the noun; the place is handled last.
@@ -192,13 +204,17 @@ def object_description(obj: SceneObject, attrs: set[str], rng: random.Random,
 
 
 def describe(scene: Scene, rng: random.Random, split: str = "train",
-             partial: bool = False, parts: tuple[str, ...] = PARTS) -> str:
+             partial: bool = False, parts: tuple[str, ...] = PARTS,
+             extra: Extra | None = None) -> str:
     """A free description of `scene`. Full by default (every object, every attribute, the
     background); `partial` leaves out objects, attributes and the background at random.
     With `split="heldout"`, the kinds of choice in `parts` (all by default) come from the
-    held-out sets that training never sees."""
+    held-out sets that training never sees. `extra` (world/varied.py, training only) widens
+    the training forms and mixes in unknown words."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    if extra is not None and split != "train":
+        raise ValueError("extra training forms are for training descriptions only")
     if unknown := set(parts) - set(PARTS):
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
     held = frozenset(parts) if split == "heldout" else frozenset()
@@ -214,16 +230,17 @@ def describe(scene: Scene, rng: random.Random, split: str = "train",
                      for _ in objects]
     else:
         attr_sets = [set(everything)] * len(objects)
-    phrases = [object_description(o, a, rng, held) for o, a in zip(objects, attr_sets)]
-    glue = _pick(rng, LIST_JOINS, "joins" in held)
+    phrases = [object_description(o, a, rng, held, extra) for o, a in zip(objects, attr_sets)]
+    glue = _pick(rng, LIST_JOINS, "joins" in held, extra.joins if extra else ())
     objs = phrases[0] if len(phrases) == 1 else glue.join(phrases)
     if partial and rng.random() < 0.4:
         return objs
-    frame = _pick(rng, FRAMES, "frames" in held)
-    bg = _word("colour", scene.background, rng, "words" in held)
+    frame = _pick(rng, FRAMES, "frames" in held, extra.frames if extra else ())
+    bg = _word("colour", scene.background, rng, "words" in held, extra)
     text = frame.format(objs=objs, bg=bg, n=NUMBERS[len(scene.objects)])
     if len(scene.objects) == 1:
-        text = text.replace("one shapes", "one shape").replace("one things", "one thing")
+        text = (text.replace("one shapes", "one shape").replace("one things", "one thing")
+                .replace("one objects", "one object"))
     if not partial and rng.random() < 0.3:
         style = _pick(rng, STYLES[scene.style], "styles" in held)
         text = f"{text}, {style}" if rng.random() < 0.5 else f"{style}: {text}"

@@ -1,0 +1,161 @@
+"""Wider training wording for the text side: a grammar of places, more frames, unknown words.
+
+`world/phrasings.py`'s tables give each choice a handful of training forms, and a head that
+has seen seven ways to say "top left" reads an eighth badly. This module adds, for training
+only:
+
+- places from a small grammar (vertical word x horizontal word x form): "north-west",
+  "at the topmost right-hand", "in the middle of the frame", ... about 650 phrases;
+- more sentence frames and list joins;
+- unknown words: now and then a size, colour, fill or shape word is replaced by a random
+  word from the text tower's vocabulary, with the image unchanged, so the head learns that a
+  word it cannot read says nothing, instead of reading it as the nearest word it knows. The
+  pool leaves out every word the descriptions use and anything that looks like a colour,
+  shape, size or count, so an unknown word never contradicts the scene.
+
+Nothing here may say what the held-out sets say: no held-out word that training never uses,
+and no held-out phrase inside a training one, even with other stop words or punctuation
+("left middle" and "upper-left-hand" are refused because "in the left middle" and
+"upper-left" are held out). `Extra` checks that when it is built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import product
+
+from world.captions import NUMBERS
+from world.phrasings import FRAMES, LIST_JOINS, OBJECT_ORDERS, PLACES, STYLES, SYNONYMS
+
+_STOP = {"in", "at", "on", "the", "a", "of", "to"}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text.lower()))  # frames' {slots} out
+
+
+def _content(text: str) -> tuple[str, ...]:
+    return tuple(w for w in _words(text) if w not in _STOP)
+
+
+_TABLES = [*SYNONYMS.values(), PLACES, STYLES]
+_PAIRS = [pair for table in _TABLES for pair in table.values()] + [FRAMES, LIST_JOINS]
+TRAIN_WORDS = {w for options, _ in _PAIRS for o in options for w in _words(o)}
+_HELD = [o for _, options in _PAIRS for o in options]
+HELD_OUT_WORDS = {w for o in _HELD for w in _words(o)} - TRAIN_WORDS
+HELD_OUT_PHRASES = {_content(o) for o in _HELD} - {()}
+
+
+def says_held_out(text: str) -> bool:
+    """Whether `text` uses a held-out-only word or holds a held-out phrase in other dress
+    (its content words, in order, anywhere in the text's content words)."""
+    if set(_words(text)) & HELD_OUT_WORDS:
+        return True
+    content = _content(text)
+    return any(content[i:i + len(p)] == p for p in HELD_OUT_PHRASES
+               for i in range(len(content) - len(p) + 1))
+
+
+UP, DOWN = ("top", "upper", "north", "topmost", "uppermost"), (
+    "bottom", "lower", "south", "bottommost", "lowermost")
+LEFT, RIGHT = ("left", "west", "left-hand"), ("right", "east", "right-hand")
+MIDDLE = ("middle", "centre", "center")
+
+
+def _corner(v: str, h: str) -> list[str]:
+    hyphened = [f"{v}-{h}"] if "-" not in h else []  # not "north-left-hand"
+    return [f"{v} {h}", *hyphened, f"in the {v} {h}", f"at the {v} {h}",
+            f"in the {v} {h} corner", f"{v} {h} corner", f"in the {v} {h} area",
+            f"toward the {v} {h}", f"near the {v} {h} corner"]
+
+
+def _top_or_bottom(v: str) -> list[str]:
+    return [f"at the {v}", f"along the {v}", f"near the {v}", f"on the {v} edge",
+            f"in the {v} part", f"towards the {v}", f"{v} edge", f"at the {v} edge",
+            *[f"{v} {m}" for m in (*MIDDLE, "central")], *[f"at the {v} {m}" for m in MIDDLE]]
+
+
+def _left_or_right(h: str) -> list[str]:
+    return [f"on the {h}", f"to the {h}", f"towards the {h}", f"on the {h} edge", f"{h} edge",
+            f"at the {h}", f"in the {h} part", f"at the far {h}",
+            *[f"{m} {h}" for m in (*MIDDLE, "central", "mid")],
+            *[f"at the {m} {h}" for m in MIDDLE]]
+
+
+def place_grammar() -> dict[str, tuple[str, ...]]:
+    """Position -> training place phrases from the grammar (held-out ones filtered out)."""
+    rows = {"top": UP, "bottom": DOWN}
+    cols = {"left": LEFT, "right": RIGHT}
+    out: dict[str, list[str]] = {}
+    for (vk, vs), (hk, hs) in product(rows.items(), cols.items()):
+        out[f"{vk} {hk}"] = [p for v, h in product(vs, hs) for p in _corner(v, h)]
+    for vk, vs in rows.items():
+        out[vk] = [p for v in vs for p in _top_or_bottom(v)]
+    for hk, hs in cols.items():
+        out[hk] = [p for h in hs for p in _left_or_right(h)]
+    out["center"] = [*[f"{p}{m}" for m in MIDDLE for p in ("in the ", "at the ", "",
+                                                           "exactly in the ", "near the ")],
+                     *[f"in the {m} of the {x}" for m in MIDDLE
+                       for x in ("image", "picture", "frame", "canvas")],
+                     "central", "centrally placed", "mid-frame"]
+    return {k: tuple(dict.fromkeys(p for p in v if not says_held_out(p))) for k, v in out.items()}
+
+
+MORE_FRAMES = (
+    "{objs} on {bg}", "picture: {objs}; background {bg}", "I need {objs} over {bg}",
+    "a photo with {objs} and a {bg} background", "{bg} background. {objs}",
+    "looking for: {objs} ({bg})", "{objs} -- background is {bg}",
+    "{n} objects: {objs}, on {bg}", "please find {objs} on a {bg} background",
+    "{bg} background and {objs}", "I think it showed {objs} on {bg}",
+)
+MORE_JOINS = (", and ", " next to ", ", and also ", ", besides ")  # not " with ": fills
+# read "with lines"
+
+# Attribute-like words the tables do not use: an unknown word must not name a colour,
+# shape, size or count the scene may not have.
+NOT_UNKNOWN = """maroon gold olive indigo magenta beige khaki lilac cream peach navy coral
+    crimson bronze copper rust sand mint jade lime sky aqua ochre sepia taupe fuchsia cerise
+    oval ellipse pentagon octagon heart rectangle rectangular oblong ring crescent arrow
+    sphere spiral polygon trapezoid parallelogram shape shapes object objects thing figure
+    bigger biggest smaller smallest larger largest tall short long wide narrow thin thick
+    tiny huge mini maxi several many few single double pair couple dozen none zero five six
+    seven eight nine ten""".split()
+
+
+def unknown_word_pool(vocabulary: Iterable[str]) -> tuple[str, ...]:
+    """Plain words of a tokenizer's vocabulary that say nothing about a scene, sorted so that
+    a seed draws the same words everywhere: none the descriptions or captions use, none that
+    shares a stem with one ("chess" of "chessboard", "circles" of "circle"), no held-out
+    word and nothing on the `NOT_UNKNOWN` list."""
+    phrases = [o for options, held in _PAIRS for o in (*options, *held)]
+    phrases += [*(v for table in _TABLES for v in table), *NUMBERS, *NOT_UNKNOWN,
+                *(a for order in OBJECT_ORDERS for orders in order for a in orders)]
+    known = {w for p in phrases for w in _words(p)} | HELD_OUT_WORDS
+    stems = {w[:5] for w in known if len(w) >= 5}
+
+    def unknown(word: str) -> bool:
+        return (re.fullmatch(r"[a-z]{3,}", word) is not None and word not in known
+                and word[:5] not in stems and not any(word.startswith(k) for k in known
+                                                      if len(k) >= 4))
+
+    return tuple(sorted(w for w in vocabulary if unknown(w)))
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Training forms added to `describe`'s tables, and the rate of unknown words."""
+    places: dict[str, tuple[str, ...]] = field(default_factory=place_grammar)
+    frames: tuple[str, ...] = MORE_FRAMES
+    joins: tuple[str, ...] = MORE_JOINS
+    unknown_words: tuple[str, ...] = ()
+    unknown_rate: float = 0.08  # per size, colour, fill or shape word
+
+    def __post_init__(self) -> None:
+        forms = [*(p for v in self.places.values() for p in v), *self.joins,
+                 *self.frames, *self.unknown_words]
+        if leaked := [f for f in forms if says_held_out(f)]:
+            raise ValueError(f"training forms must not say what held-out ones do: {leaked[:5]}")
+        if self.unknown_rate and not self.unknown_words:
+            raise ValueError("an unknown-word rate needs unknown words to draw from")
