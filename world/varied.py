@@ -42,9 +42,9 @@ def _content(text: str) -> tuple[str, ...]:
 
 _TABLES = [*SYNONYMS.values(), PLACES, STYLES]
 _PAIRS = [pair for table in _TABLES for pair in table.values()] + [FRAMES, LIST_JOINS]
-TRAIN_WORDS = {w for options, _ in _PAIRS for o in options for w in _words(o)}
+_TRAIN_WORDS = {w for options, _ in _PAIRS for o in options for w in _words(o)}
 _HELD = [o for _, options in _PAIRS for o in options]
-HELD_OUT_WORDS = {w for o in _HELD for w in _words(o)} - TRAIN_WORDS
+HELD_OUT_WORDS = {w for o in _HELD for w in _words(o)} - _TRAIN_WORDS
 HELD_OUT_PHRASES = {_content(o) for o in _HELD} - {()}
 
 
@@ -115,13 +115,12 @@ MORE_JOINS = (", and ", " next to ", ", and also ", ", besides ")  # not " with 
 
 # Attribute-like words the tables do not use: an unknown word must not name a colour,
 # shape, size or count the scene may not have.
-NOT_UNKNOWN = """maroon gold olive indigo magenta beige khaki lilac cream peach navy coral
-    crimson bronze copper rust sand mint jade lime sky aqua ochre sepia taupe fuchsia cerise
-    oval ellipse pentagon octagon heart rectangle rectangular oblong ring crescent arrow
-    sphere spiral polygon trapezoid parallelogram shape shapes object objects thing figure
-    bigger biggest smaller smallest larger largest tall short long wide narrow thin thick
-    tiny huge mini maxi several many few single double pair couple dozen none zero five six
-    seven eight nine ten""".split()
+NOT_UNKNOWN = """maroon gold olive indigo magenta beige khaki lilac cream peach coral bronze
+    copper rust sand mint jade ochre sepia taupe fuchsia cerise oval ellipse pentagon octagon
+    heart rectangle rectangular oblong ring crescent arrow sphere spiral polygon trapezoid
+    parallelogram object thing figure bigger biggest smaller smallest larger largest tall
+    short long wide narrow thin thick maxi several many few single double pair couple dozen
+    none seven eight nine ten""".split()
 
 
 def unknown_word_pool(vocabulary: Iterable[str]) -> tuple[str, ...]:
@@ -132,13 +131,13 @@ def unknown_word_pool(vocabulary: Iterable[str]) -> tuple[str, ...]:
     phrases = [o for options, held in _PAIRS for o in (*options, *held)]
     phrases += [*(v for table in _TABLES for v in table), *NUMBERS, *NOT_UNKNOWN,
                 *(a for order in OBJECT_ORDERS for orders in order for a in orders)]
-    known = {w for p in phrases for w in _words(p)} | HELD_OUT_WORDS
-    stems = {w[:5] for w in known if len(w) >= 5}
+    known = {w for p in phrases for w in _words(p)}
+    stems = {w[:5] for w in known if len(w) >= 5}  # "chess" of "chessboard"
+    prefixes = tuple(w for w in known if len(w) >= 4)  # "circles" of "circle"
 
     def unknown(word: str) -> bool:
         return (re.fullmatch(r"[a-z]{3,}", word) is not None and word not in known
-                and word[:5] not in stems and not any(word.startswith(k) for k in known
-                                                      if len(k) >= 4))
+                and word[:5] not in stems and not word.startswith(prefixes))
 
     return tuple(sorted(w for w in vocabulary if unknown(w)))
 
