@@ -248,7 +248,7 @@ def _open_index(profile: Profile, encoder: WorldEncoder) -> VectorIndex | None:
     if not path.exists():
         return None
     index = VectorIndex.load(path)
-    if index.meta.encoder != encoder.identity:
+    if index.meta.encoder != encoder.image_identity:
         print(f"itir: {path} was built with another encoder ({index.meta.encoder}); "
               "leaving it alone (rebuild it with `itir index FOLDER --rebuild`)")
         return None
@@ -297,14 +297,14 @@ def _reroute(profile: Profile, encoder: WorldEncoder, index: VectorIndex,
              before: list[dict[str, float]], after: list[dict[str, float]],
              also: str | None = None) -> tuple[int, int]:
     """Re-embed the images whose routing changed (and, with `also`, every image that uses
-    that replaced domain); save the index under the encoder's new identity."""
+    that replaced domain); save the index under the encoder's new image identity."""
     changed = [i for i, (a, b) in enumerate(zip(before, after))
                if a != b or (also is not None and also in b)]
     vectors = index.vectors()
     for ids, images in _batches(index.paths, changed, "re-embed"):
         if ids:
             vectors[np.array(ids)] = encoder.encode_images(images)
-    out = VectorIndex(encoder.identity, index.meta.dim, index.kind)
+    out = VectorIndex(encoder.image_identity, index.meta.dim, index.kind)
     out.add(vectors, list(index.paths))
     out.save(profile.index_path)
     return len(changed), len(index)

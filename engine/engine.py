@@ -55,7 +55,7 @@ def embedding_space(encoder: Encoder) -> str:
     """What a fusion checkpoint depends on: the encoder's embedding space. Image-domain
     adapters (`itir domain`) change how some images are embedded but are trained into the
     base encoder's space against its frozen text side, so a fusion trained on the base still
-    fits; `identity` (what an index depends on) does change with them."""
+    fits; `image_identity` (what an index depends on) does change with them."""
     return getattr(encoder, "base_identity", encoder.identity)
 
 
@@ -63,9 +63,9 @@ class Engine:
     def __init__(self, profile: Profile, encoder: Encoder, index: VectorIndex, fusion: Fusion,
                  generator: Generator | None = None, questioner: Questioner | None = None,
                  recorder: Recorder | None = None):
-        if index.meta.encoder != encoder.identity:
-            raise IndexMismatchError(f"index built with {index.meta.encoder!r}, encoder is "
-                                     f"{encoder.identity!r}")
+        if index.meta.encoder != encoder.image_identity:  # what the vectors depend on
+            raise IndexMismatchError(f"index built with {index.meta.encoder!r}, encoder's "
+                                     f"image side is {encoder.image_identity!r}")
         fusion.check_encoder(embedding_space(encoder), encoder.dim)
         if fusion.uses_image and generator is None:
             raise ValueError(f"fusion {fusion.name!r} fuses a pseudo-image, but profile "

@@ -140,7 +140,7 @@ def ensure_index(profile: Profile, encoder: Encoder,
     path, folder = profile.index_path, profile.gallery_folder
     if path.exists():
         try:
-            index = VectorIndex.load(path, encoder=encoder.identity)
+            index = VectorIndex.load(path, encoder=encoder.image_identity)
             if len(index) == 0:
                 raise ValueError(f"the index at {path} is empty; add images with `itir index "
                                  f"FOLDER --index {path}`")

@@ -97,7 +97,7 @@ def bench_index(encoder, n: int = 10000, queries: int = 200, k: int = 10) -> dic
                                      index_kind="flat")
         build_s = time.perf_counter() - start
         start = time.perf_counter()
-        VectorIndex.load(Path(tmp) / "g.itirx", encoder=encoder.identity)
+        VectorIndex.load(Path(tmp) / "g.itirx", encoder=encoder.image_identity)
         load_s = time.perf_counter() - start
     rng = random.Random(0)
     texts = [full_caption(scenes[rng.randrange(n)]) for _ in range(queries)]

@@ -1,7 +1,8 @@
 """Encoders behind one interface: texts and images -> L2-normalised float32 [N, D].
 
-`identity` names the weights exactly (backend, source, content hash), so an index built
-with one encoder is never searched with another.
+`identity` names the weights exactly (backend, source, content hash); `image_identity`
+names the image side alone, and an index (image vectors) records it, so an index built with
+one image side is never searched with another, while a new text side needs no re-index.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class WorldEncoder:
         if text_tower.width != cfg.text_width:
             raise ValueError(f"the encoder at {folder} reads {cfg.text_width}-wide states of "
                              f"{cfg.text_tower}, but the text tower gives {text_tower.width}")
+        if cfg.text_layers >= text_tower.depth:
+            raise ValueError(f"the encoder at {folder} owns {cfg.text_layers} top layers of "
+                             f"{cfg.text_tower}, but the text tower has {text_tower.depth}")
         self.text_tower = text_tower
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -151,12 +155,14 @@ class WorldEncoder:
 
     @torch.no_grad()
     def encode_states(self, states: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """Text embeddings from text-tower states already computed (shared with generation)."""
+        """Text embeddings from text-tower states already computed, those of hidden layer
+        `self.model.text.states_layer`."""
         return self.model.encode_text(states, mask).float().cpu().numpy()
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         texts = _check_texts(texts)
-        out = [self.encode_states(*self.text_tower(texts[i:i + self.batch_size]))
+        layer = self.model.text.states_layer  # below the tower layers the head owns
+        out = [self.encode_states(*self.text_tower(texts[i:i + self.batch_size], layer))
                for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 

@@ -49,9 +49,9 @@ def index_folder(folder: str | Path, encoder: Encoder, index_path: str | Path,
     start = time.time()
     index_path = Path(index_path)
     if index_path.exists() and not rebuild:
-        index = VectorIndex.load(index_path, encoder=encoder.identity)
+        index = VectorIndex.load(index_path, encoder=encoder.image_identity)
     else:
-        index = VectorIndex(encoder.identity, encoder.dim)
+        index = VectorIndex(encoder.image_identity, encoder.dim)
     known = set(index.paths)
     found = [p.resolve() for p in find_images(folder)]
     todo = [p for p in found if str(p) not in known]

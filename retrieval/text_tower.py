@@ -2,7 +2,8 @@
 
 Both the world dual encoder (through a trained head) and the world generator (through
 cross-attention) read these states, so one forward pass per query serves both, and the
-weights are loaded once per process.
+weights are loaded once per process. A reader may take the states from below the top
+layers and run its own trained copy of those (`top_layers`): the tower itself never changes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 from collections import OrderedDict
 
 import torch
+from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from retrieval.device import offline_kwargs
@@ -29,7 +31,8 @@ def minilm_location() -> str:
 
 
 class TextTower(torch.nn.Module):
-    """Frozen transformer text tower; `forward(texts)` returns (states [B,L,W], mask [B,L])."""
+    """Frozen transformer text tower; `forward(texts, layer)` returns the states of one hidden
+    layer (-1: the last, -2: the one below, ...) [B,L,W] and the mask [B,L]."""
 
     def __init__(self, location: str | None = None, device: str | torch.device = "cpu",
                  max_tokens: int = MAX_TOKENS):
@@ -51,10 +54,11 @@ class TextTower(torch.nn.Module):
         self.model.requires_grad_(False)
         self.max_tokens = max_tokens
         self.width = self.model.config.hidden_size
+        self.depth = self.model.config.num_hidden_layers
         # Per turn the encoder and the generator both read the query's states: remember the
         # last few small calls so the second reader gets them without a second forward pass.
-        self._memo: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = (
-            OrderedDict())
+        self._memo: OrderedDict[tuple[str, ...],
+                                tuple[tuple[torch.Tensor, ...], torch.Tensor]] = OrderedDict()
         self._each: OrderedDict[str, torch.Tensor] = OrderedDict()  # see states_each
         # A fast tokenizer and the memos must not be used from two threads at once.
         self.lock = threading.RLock()
@@ -64,9 +68,26 @@ class TextTower(torch.nn.Module):
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, texts: list[str], layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -self.depth - 1 <= layer < self.depth + 1:
+            raise ValueError(f"the text tower has hidden layers 0..{self.depth}, not {layer}")
         with self.lock:
-            return self._forward(texts)
+            hidden, mask = self._forward(texts)
+            return hidden[layer], mask
+
+    def top_layers(self, count: int) -> nn.ModuleList:
+        """Trainable copies of the tower's top `count` layers, as torch encoder layers that
+        compute exactly what the tower's do: `layer(states, src_key_padding_mask=~mask)`
+        applied in turn to `forward(texts, -1 - count)` gives `forward(texts)`."""
+        if not 0 <= count <= self.depth:
+            raise ValueError(f"the text tower has {self.depth} layers; cannot copy {count}")
+        cfg = self.model.config
+        if cfg.model_type != "bert" or cfg.hidden_act != "gelu":
+            raise ValueError(f"copying layers is written for BERT-style towers with exact GELU, "
+                             f"not {cfg.model_type} with {cfg.hidden_act}")
+        return nn.ModuleList(bert_layer_copy(block, cfg.num_attention_heads,
+                                             cfg.layer_norm_eps)
+                             for block in self.model.encoder.layer[self.depth - count:])
 
     @torch.no_grad()
     def states_each(self, texts: list[str]) -> list[torch.Tensor]:
@@ -78,7 +99,8 @@ class TextTower(torch.nn.Module):
         with self.lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._each))
             if missing:
-                states, mask = self._forward(missing)
+                hidden, mask = self._forward(missing)
+                states = hidden[-1]
                 for i, text in enumerate(missing):
                     self._each[text] = states[i, mask[i]]
             out = []
@@ -93,16 +115,38 @@ class TextTower(torch.nn.Module):
         with self.lock:
             return len(self.tokenizer(text)["input_ids"])
 
-    def _forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, texts: list[str]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Every hidden layer's states (embeddings first) and the mask."""
         key = tuple(texts)
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
         batch = self.tokenizer(list(texts), padding=True, truncation=True,
                                max_length=self.max_tokens, return_tensors="pt").to(self.device)
-        out = self.model(**batch).last_hidden_state, batch["attention_mask"].bool()
+        # The hidden layers come at no extra compute; a reader that runs its own top layers
+        # (the world encoder) takes its states from below them.
+        hidden = self.model(**batch, output_hidden_states=True).hidden_states
+        out = hidden, batch["attention_mask"].bool()
         if len(key) <= 4:
             self._memo[key] = out
             if len(self._memo) > 16:
                 self._memo.popitem(last=False)
         return out
+
+
+def bert_layer_copy(block: nn.Module, heads: int, eps: float) -> nn.TransformerEncoderLayer:
+    """A BERT layer's weights in a torch encoder layer: post-norm, exact GELU, fused q/k/v."""
+    attention, ffn_in, ffn_out = block.attention, block.intermediate.dense, block.output
+    width, hidden = ffn_in.in_features, ffn_in.out_features
+    layer = nn.TransformerEncoderLayer(width, heads, hidden, dropout=0.1, activation="gelu",
+                                       layer_norm_eps=eps, batch_first=True, norm_first=False)
+    q, k, v = attention.self.query, attention.self.key, attention.self.value
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+        layer.self_attn.in_proj_bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+        layer.self_attn.out_proj.load_state_dict(attention.output.dense.state_dict())
+        layer.norm1.load_state_dict(attention.output.LayerNorm.state_dict())
+        layer.linear1.load_state_dict(ffn_in.state_dict())
+        layer.linear2.load_state_dict(ffn_out.dense.state_dict())
+        layer.norm2.load_state_dict(ffn_out.LayerNorm.state_dict())
+    return layer

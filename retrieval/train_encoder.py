@@ -2,7 +2,9 @@
 
 Symmetric InfoNCE over in-batch negatives, one text per scene per step. A quarter of the
 images are shrunk to 32x32 first: generated pseudo-images are 32x32, and the image tower
-has to embed them next to the real 64x64 gallery images.
+has to embed them next to the real 64x64 gallery images. A head that owns copies of the
+tower's top layers (`text_layers`) trains them at a fraction of the learning rate: they
+start from pretrained weights whose knowledge of words is the point of keeping them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig, with_tower_layers
 from training import (
     TrainConfig,
     clear_checkpoints,
@@ -38,6 +40,7 @@ class EncoderTrainConfig(TrainConfig):
     eval_every: int = 500
     batch_size: int = 128  # scenes per step, one text each
     low_res_fraction: float = 0.25
+    tower_lr_scale: float = 0.2  # the copied tower layers' learning rate, as a multiple of lr
 
 
 def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -123,14 +126,23 @@ def recall_at(model: WorldDualEncoder, corpus: Corpus, kind: int = 0,
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
+def _lr_scales(model: WorldDualEncoder, cfg: EncoderTrainConfig) -> dict[str, float]:
+    return {"text.tower_top.": cfg.tower_lr_scale} if model.config.text_layers else {}
+
+
 def train_encoder(corpus: Corpus, model_cfg: WorldEncoderConfig, cfg: EncoderTrainConfig,
                   out: str | Path | None = None, *, resume: bool = False,
-                  evaluate: Evaluate | None = None) -> tuple[WorldDualEncoder, list[dict]]:
-    """A freshly initialised encoder trained on `corpus`; with `out`, a resumable run there."""
+                  evaluate: Evaluate | None = None, tower_layers: torch.nn.ModuleList | None = None
+                  ) -> tuple[WorldDualEncoder, list[dict]]:
+    """A freshly initialised encoder trained on `corpus`; with `out`, a resumable run there.
+    With `tower_layers` (`TextTower.top_layers(k)`) the head owns and trains those too, and
+    `corpus` must hold the states from below them."""
     torch.manual_seed(cfg.seed)
     model = WorldDualEncoder(model_cfg)
+    if tower_layers is not None:
+        model = with_tower_layers(model, tower_layers)
     log = train(model, encoder_batches(corpus, cfg), contrastive_loss, cfg, out, resume=resume,
-                evaluate=evaluate, desc="train encoder")
+                evaluate=evaluate, desc="train encoder", lr_scales=_lr_scales(model, cfg))
     return model, log
 
 
@@ -148,7 +160,7 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
     try:
         return train(model, encoder_batches(corpus, cfg, image_embeddings=image_embeddings),
                      contrastive_loss, cfg, out, resume=resume, evaluate=evaluate,
-                     desc="fine-tune text head")
+                     desc="fine-tune text head", lr_scales=_lr_scales(model, cfg))
     finally:
         model.image.requires_grad_(True)
 
@@ -177,15 +189,16 @@ def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTr
 MODEL_CARD = """# world encoder
 
 A dual encoder for the itir world: the locked all-MiniLM-L6-v2 text tower (not stored here)
-with a trained one-layer attention head, and a {image_params:.2f}M-parameter CNN image tower
-trained from scratch. Embeddings are {embed_dim}-d and L2-normalised.
+with a trained text head, and a {image_params:.2f}M-parameter CNN image tower trained from
+scratch. The text head: {head}. Embeddings are {embed_dim}-d and L2-normalised.
 
 - Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
   partial caption or 1-4-round dialog prefix, a full and a partial free description
   (world/phrasings.py, training forms only) and two full and one partial in varied wording
-  (world/varied.py: a grammar of places, more frames and joins, unknown words in place of
-  8% of attribute words; no held-out word or phrase); {image_size}x{image_size} images
-  (renderer version {render_version}), a quarter of them shrunk to 32x32 and back.
+  (world/varied.py: a grammar of places, corners said as two edges, more frames and joins,
+  unknown words in place of 8% of attribute words; no held-out word or phrase);
+  {image_size}x{image_size} images (renderer version {render_version}), a quarter of them
+  shrunk to 32x32 and back.
 - {origin}
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
   {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;
@@ -204,6 +217,14 @@ model = WorldDualEncoder.from_pretrained("{out}")
 ```
 """
 
+def _head_words(model_cfg: WorldEncoderConfig, cfg: EncoderTrainConfig) -> str:
+    if not model_cfg.text_layers:
+        return "one attention layer reading the tower's last states"
+    return (f"copies of the tower's top {model_cfg.text_layers} layers (started from its own\n"
+            f"weights, trained at {cfg.tower_lr_scale}x the learning rate), then one attention "
+            f"layer;\nit reads the tower's states from below those layers")
+
+
 CARD_METADATA = {"license": "mit", "library_name": "pytorch",
                  "tags": ["itir", "text-to-image-retrieval", "dual-encoder",
                           "pytorch_model_hub_mixin"]}
@@ -212,25 +233,34 @@ CARD_METADATA = {"license": "mit", "library_name": "pytorch",
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
               resume: bool = False, init: str | Path | None = None, part: str = "text",
-              lr: float | None = None) -> dict:
+              lr: float | None = None, text_layers: int = 0) -> dict:
     """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
     model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall.
 
     With `init` (a saved encoder folder) the run starts from those weights and trains only
     one `part`: the text head (`finetune_text_head`) or the image tower
-    (`finetune_image_tower`); without, everything is trained from scratch."""
+    (`finetune_image_tower`); without, everything is trained from scratch. `text_layers`
+    gives the text head a trained copy of the tower's top layers (a head that has them
+    keeps them)."""
     if part not in ("text", "image"):
         raise ValueError(f"part must be 'text' or 'image', not {part!r}")
     if part != "text" and init is None:
         raise ValueError("training only the image tower needs a trained encoder to start "
                          "from: give --init FOLDER")
+    if text_layers and part != "text":
+        raise ValueError("tower layers belong to the text head: train them with --part text")
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 
-    model_cfg = WorldEncoderConfig()
     tower = TextTower()
-    corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir)
-    val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir)
+    model = WorldDualEncoder.from_pretrained(str(init)) if init is not None else None
+    if model is not None and text_layers and not model.config.text_layers:
+        model = with_tower_layers(model, tower.top_layers(text_layers))
+    model_cfg = model.config if model is not None else WorldEncoderConfig()
+    tower_layers = (tower.top_layers(text_layers) if model is None and text_layers else None)
+    layer = -1 - (model_cfg.text_layers if model is not None else text_layers)
+    corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
+    val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower
     cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed,
                              **({"lr": lr} if lr is not None else {}))
@@ -238,13 +268,12 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     def evaluate(m, step):
         return {"val_full_caption": recall_at(m, val), "val_free": recall_at(m, val, kind=3)}
 
-    if init is None:
+    if model is None:
         model, log = train_encoder(corpus, model_cfg, cfg, out, resume=resume,
-                                   evaluate=evaluate)
+                                   evaluate=evaluate, tower_layers=tower_layers)
+        model_cfg = model.config
         origin = "Trained from scratch."
     else:
-        model = WorldDualEncoder.from_pretrained(str(init))
-        model_cfg = model.config
         finetune = finetune_text_head if part == "text" else finetune_image_tower
         log = finetune(model, corpus, cfg, out, resume=resume, evaluate=evaluate)
         frozen, trained = (("image tower", "text head") if part == "text"
@@ -258,8 +287,9 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
         command=(f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}"
                  + (f" --init {init} --part {part}" if init else "")
+                 + (f" --text-layers {text_layers}" if text_layers else "")
                  + (f" --lr {lr}" if lr is not None else "")),
-        origin=origin,
+        origin=origin, head=_head_words(model_cfg, cfg),
         **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,
         image_params=sum(p.numel() for p in model.image.parameters()) / 1e6, out=out,
         render_version=RENDER_VERSION, val_scenes=val_scenes,

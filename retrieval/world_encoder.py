@@ -5,6 +5,11 @@ one-layer attention head that reads the text tower's token states. The head (rat
 projection of the mean-pooled vector) lets "a red circle and a blue square" differ from "a
 blue circle and a red square", which mean pooling nearly erases.
 
+With `text_layers = k` the head also owns a trained copy of the tower's top k layers and
+reads the tower's states from below them. Free wording ("at the top on the left", "a wee
+block") needs more than one layer of attention to bind, and starting those layers from the
+tower's own weights keeps what the pretrained model knows about words never trained on.
+
 Saved the Hugging Face way: `model.save_pretrained(folder)` writes config.json and
 model.safetensors, `WorldDualEncoder.from_pretrained(folder)` reads them back. The text
 tower is named in the config, not stored: it is a public model loaded by its own package.
@@ -14,7 +19,7 @@ tower is named in the config, not stored: it is a public model loaded by its own
 # annotation at runtime to rebuild the dataclass from config.json.
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,10 @@ class WorldEncoderConfig:
     text_width: int = 384  # the text tower's hidden size
     text_heads: int = 6
     text_tower: str = MINILM_HUB_ID  # the locked tower the head reads
+    text_layers: int = 0  # top layers of the tower the head owns a trained copy of
+    tower_heads: int = 12  # the tower's layer shape, for those copies
+    tower_ffn: int = 1536
+    tower_norm_eps: float = 1e-12
 
     def __post_init__(self):
         # config.json holds a list; a tuple keeps the config hashable and comparable.
@@ -72,10 +81,21 @@ class ImageTower(nn.Module):
 
 
 class TextHead(nn.Module):
-    """Token states [B,L,W] + mask -> embedding [B,D]: one attention layer, masked mean."""
+    """Token states [B,L,W] + mask -> embedding [B,D]: the copied tower layers (if any), one
+    attention layer, masked mean. The states come from `TextTower.forward(texts, layer)`
+    with `layer = head.states_layer`."""
 
     def __init__(self, cfg: WorldEncoderConfig):
         super().__init__()
+        # Shaped like the tower's own layers (post-norm, exact GELU); `TextTower.top_layers`
+        # gives their starting weights.
+        self.tower_top = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.text_width, cfg.tower_heads, cfg.tower_ffn,
+                                       dropout=0.1, activation="gelu",
+                                       layer_norm_eps=cfg.tower_norm_eps,
+                                       batch_first=True, norm_first=False)
+            for _ in range(cfg.text_layers))
+        self.states_layer = -1 - cfg.text_layers
         self.layer = nn.TransformerEncoderLayer(cfg.text_width, cfg.text_heads,
                                                 2 * cfg.text_width, dropout=0.1,
                                                 batch_first=True, norm_first=True)
@@ -83,9 +103,30 @@ class TextHead(nn.Module):
         self.proj = nn.Linear(cfg.text_width, cfg.embed_dim)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.tower_top:
+            states = layer(states, src_key_padding_mask=~mask)
         x = self.norm(self.layer(states, src_key_padding_mask=~mask))
         m = mask.unsqueeze(-1).float()
         return self.proj((x * m).sum(1) / m.sum(1).clamp_min(1.0))
+
+
+def with_tower_layers(model: "WorldDualEncoder", tower_layers: nn.ModuleList
+                      ) -> "WorldDualEncoder":
+    """`model` whose text head now owns `tower_layers` (`TextTower.top_layers(k)`, copies
+    of the tower's top k layers) and reads the tower's states from below them: the same
+    embeddings as `model` until it trains."""
+    if model.config.text_layers:
+        raise ValueError(f"this encoder already owns {model.config.text_layers} tower layers")
+    first = tower_layers[0]
+    cfg = replace(model.config, text_layers=len(tower_layers),
+                  tower_heads=first.self_attn.num_heads, tower_ffn=first.linear1.out_features,
+                  tower_norm_eps=first.norm1.eps)
+    out = WorldDualEncoder(cfg)
+    result = out.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys and all(k.startswith("text.tower_top.")
+                                              for k in result.missing_keys), result
+    out.text.tower_top.load_state_dict(tower_layers.state_dict())
+    return out
 
 
 class WorldDualEncoder(nn.Module, PyTorchModelHubMixin, license="mit",

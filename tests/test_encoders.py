@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from retrieval.encoders import BLIPEncoder, CLIPEncoder, WorldEncoder
-from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig, with_tower_layers
 from world.captions import full_caption
 from world.render import render
 from world.scene import sample_scene, split_seed
@@ -48,6 +51,44 @@ def test_world_encoder_round_trips_through_save_pretrained(random_world_encoder_
     assert again.identity.split("@")[1] == random_world_encoder.identity.split("@")[1]
     texts = ["a red circle", "two blue squares on green"]
     assert np.array_equal(again.encode_texts(texts), random_world_encoder.encode_texts(texts))
+
+
+def test_copied_tower_layers_compute_what_the_tower_does(text_tower):
+    """The text head's own copies of the top layers, fed the states from below them, give the
+    tower's last states: training starts from exactly the pretrained model."""
+    texts = ["at the top on the left, a wee lozenge", "hi"]
+    last, mask = text_tower(texts)
+    states, mask_below = text_tower(texts, -3)
+    assert states.shape == last.shape and not np.array_equal(states.numpy(), last.numpy())
+    layers = text_tower.top_layers(2).eval()
+    with torch.no_grad():
+        for layer in layers:
+            states = layer(states, src_key_padding_mask=~mask_below)
+    assert torch.allclose(states[mask], last[mask], atol=1e-4)
+    with pytest.raises(ValueError, match="hidden layers 0..6"):
+        text_tower(texts, 9)
+
+
+def test_an_encoder_with_tower_layers_embeds_as_before_and_round_trips(
+        random_world_encoder_dir, random_world_encoder, text_tower, tmp_path):
+    """Giving the head tower layers changes nothing until it trains; saved and loaded, the
+    encoder reads the tower below its layers; a tower too shallow for them is refused."""
+    model = with_tower_layers(WorldDualEncoder.from_pretrained(random_world_encoder_dir),
+                              text_tower.top_layers(2))
+    assert model.config.text_layers == 2 and model.text.states_layer == -3
+    model.eval().save_pretrained(tmp_path / "layers")
+    enc = WorldEncoder(tmp_path / "layers", text_tower)
+    texts = ["a red circle", "two blue squares on green, at the bottom on the right"]
+    assert np.allclose(enc.encode_texts(texts), random_world_encoder.encode_texts(texts),
+                       atol=1e-4)
+    assert enc.text_identity != random_world_encoder.text_identity
+    assert enc.image_identity == random_world_encoder.image_identity
+    with pytest.raises(ValueError, match="already owns 2"):
+        with_tower_layers(model, text_tower.top_layers(1))
+    deep = replace(model.config, text_layers=6)
+    WorldDualEncoder(deep).save_pretrained(tmp_path / "deep")
+    with pytest.raises(ValueError, match="owns 6 top layers"):
+        WorldEncoder(tmp_path / "deep", text_tower)
 
 
 def test_clip_backend_loads_a_saved_model_and_embeds(tiny_clip_dir):

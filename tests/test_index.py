@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 from itir.cli import main
+from retrieval.encoders import WorldEncoder
 from retrieval.gallery import find_images
 from retrieval.index import IndexMismatchError, VectorIndex
 from retrieval.ingest import index_folder
+from retrieval.world_encoder import WorldDualEncoder, with_tower_layers
 from world.render import render
 from world.scene import sample_scene
 
@@ -109,6 +111,24 @@ def test_index_cli_reports_skips_and_mismatch(messy_gallery, tmp_path, capsys,
     other.save(out)
     assert main(["search", "a red circle", "--profile", str(profile), "--index", str(out)]) == 2
     assert "built with encoder 'clip:someone-else'" in capsys.readouterr().err
+
+
+def test_an_index_survives_a_new_text_side_but_not_a_new_image_side(
+        tmp_path, gallery_of, random_world_encoder_dir, random_world_encoder,
+        image_tuned_world_encoder, text_tower):
+    """Index vectors depend on the image side alone: an encoder whose text head changed
+    searches the old index as it is; one whose image tower changed is refused."""
+    folder, path = gallery_of(tmp_path / "g", 4), tmp_path / "g.itirx"
+    index_folder(folder, random_world_encoder, path)
+    model = with_tower_layers(WorldDualEncoder.from_pretrained(random_world_encoder_dir),
+                              text_tower.top_layers(1))
+    model.save_pretrained(tmp_path / "text-tuned")
+    text_tuned = WorldEncoder(tmp_path / "text-tuned", text_tower)
+    assert text_tuned.identity != random_world_encoder.identity
+    _, report = index_folder(folder, text_tuned, path)
+    assert report.already == 4 and report.added == 0
+    with pytest.raises(IndexMismatchError, match="world-image@"):
+        index_folder(folder, image_tuned_world_encoder, path)
 
 
 def test_find_images_on_missing_folder_is_clear(tmp_path):

@@ -18,10 +18,11 @@ from generation.world_unet import TINY, WorldUNetConfig
 from retrieval.train_encoder import (
     EncoderTrainConfig,
     finetune_image_tower,
+    finetune_text_head,
     recall_at,
     train_encoder,
 )
-from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig
+from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig, with_tower_layers
 from world.clause_corpus import build_clause_corpus
 from world.corpus import Corpus, build_corpus, cached_corpus, render_split
 from world.render import RENDER_VERSION
@@ -109,14 +110,41 @@ def test_an_image_tower_fine_tune_leaves_the_text_side_as_it_was(tiny_corpus):
     assert all(p.requires_grad for p in model.parameters())  # handed back trainable
 
 
+@pytest.mark.parametrize("tower_lr_scale", [0.0, 0.2])
+def test_a_text_fine_tune_trains_copied_tower_layers_at_their_own_rate(tower_lr_scale,
+                                                                       text_tower):
+    """A head that owns the tower's top layer learns from states below it; those layers train
+    at `tower_lr_scale` x lr (0: not at all, while the rest of the head does) and the image
+    tower stays as it was."""
+    corpus = build_corpus(24, "train", text_tower, image_size=64, layer=-2)
+    first = corpus.texts[0]
+    # The states of the layer below the top one (fp16, and batched with other texts).
+    assert torch.allclose(corpus.batch_states(torch.tensor([0]))[0][0],
+                          text_tower([first], -2)[0][0], atol=2e-2)
+    assert not torch.allclose(corpus.batch_states(torch.tensor([0]))[0][0],
+                              text_tower([first])[0][0], atol=2e-2)
+    torch.manual_seed(0)
+    model = with_tower_layers(WorldDualEncoder(SMALL_ENCODER), text_tower.top_layers(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = EncoderTrainConfig(steps=12, batch_size=16, lr=2e-3, warmup=2, log_every=1,
+                             tower_lr_scale=tower_lr_scale)
+    log = finetune_text_head(model, corpus, cfg)
+    assert np.mean([e["loss"] for e in log[-3:]]) < np.mean([e["loss"] for e in log[:3]])
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert not any(k.startswith("image.") for k in moved)
+    assert any(k.startswith("text.layer.") for k in moved)
+    tower_moved = any(k.startswith("text.tower_top.") for k in moved)
+    assert tower_moved == (tower_lr_scale > 0)
+
+
 def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
     stale = Corpus(**{**tiny_corpus.__dict__, "images": torch.zeros_like(tiny_corpus.images)})
-    stale.save(tmp_path / "corpus-v4-train-24-64px.pt")  # render 1's name had no suffix
+    stale.save(tmp_path / "corpus-v5-train-24-64px.pt")  # render 1's name had no suffix
     corpus = cached_corpus(24, "train", None, 64, tmp_path)  # no text tower: states are kept
     assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
     assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"corpus-v4-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v4-train-24-64px.pt"]
+        f"corpus-v5-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v5-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

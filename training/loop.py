@@ -74,7 +74,8 @@ def clear_checkpoints(out: str | Path) -> None:
 
 def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
           out: str | Path | None = None, *, resume: bool = False,
-          evaluate: Evaluate | None = None, desc: str = "train") -> list[dict[str, Any]]:
+          evaluate: Evaluate | None = None, desc: str = "train",
+          lr_scales: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Train `model` in place for `cfg.steps` steps; return the log (one dict per logged step).
 
     Each step minimises `loss_fn(model, batch)` with `batch = sample(step_generator(seed,
@@ -82,11 +83,14 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
     `evaluate(model, step)` runs in eval mode without gradients, on the EMA weights when there
     is an EMA, and what it returns joins that step's log entry. With `out`, the log is written
     to out/train.log.jsonl and checkpoints to out/checkpoints/; `resume` continues from the
-    latest checkpoint there (or starts afresh when there is none).
+    latest checkpoint there (or starts afresh when there is none). `lr_scales` maps a
+    parameter-name prefix to a multiple of `cfg.lr` for those parameters (e.g. pretrained
+    layers that should move slowly); the rest train at `cfg.lr`.
     """
     accelerator = Accelerator(mixed_precision=_precision(cfg.mixed_precision))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.lr, lr_scales or {}),
+                            weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
     wrapped, opt, schedule = accelerator.prepare(model, opt, schedule)
     ema = None
@@ -130,7 +134,7 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
             torch.manual_seed(_mix(cfg.seed, step, 1))
             batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
                      for k, v in sample(step_generator(cfg.seed, step)).items()}
-            lr = opt.param_groups[0]["lr"]
+            lr = opt.param_groups[0]["lr"]  # the base group's, when it has parameters
             with accelerator.autocast():
                 loss = loss_fn(wrapped, batch)
             accelerator.backward(loss)
@@ -168,6 +172,17 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
     accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # undo mixed-precision patches
     model.eval()
     return log
+
+
+def _param_groups(model: nn.Module, lr: float, scales: Mapping[str, float]) -> list[dict]:
+    """AdamW groups: the base group (at `lr`) first, then one per prefix in `scales`."""
+    groups: dict[str, list[nn.Parameter]] = {"": [], **{prefix: [] for prefix in scales}}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[next((pre for pre in scales if name.startswith(pre)), "")].append(p)
+    if unused := [pre for pre in scales if not groups[pre]]:
+        raise ValueError(f"no trainable parameter starts with {unused}")
+    return [{"params": ps, "lr": lr * scales.get(pre, 1.0)} for pre, ps in groups.items() if ps]
 
 
 def _evaluate(evaluate: Evaluate, model: nn.Module, step: int, params: list[nn.Parameter],

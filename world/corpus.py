@@ -2,8 +2,8 @@
 
 The text tower is locked, so its token states are computed once per text and stored packed
 (fp16, one row per token) instead of being recomputed every epoch; on two CPU cores that is
-the difference between minutes and hours. Both the dual encoder and the generator train on
-the same corpus file.
+the difference between minutes and hours. The states are those of the hidden layer the
+encoder's head reads (the last, or one below the tower layers it owns a copy of).
 """
 
 from __future__ import annotations
@@ -83,15 +83,16 @@ def render_split(n: int, split: str, image_size: int) -> tuple[list[int], torch.
     return seeds, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
-def encode_packed(tower, texts: list[str], batch_size: int = 128, desc: str = "text tower"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every text's token states, packed: (states [sum of lengths, W] fp16, offsets [T + 1])."""
+def encode_packed(tower, texts: list[str], batch_size: int = 128, desc: str = "text tower",
+                  layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every text's token states (hidden `layer`), packed: (states [sum of lengths, W] fp16,
+    offsets [T + 1])."""
     # Sorting by length keeps padding (wasted tower compute) small.
     order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
     chunks: list[torch.Tensor | None] = [None] * len(texts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         ids = order[start:start + batch_size]
-        states, mask = tower([texts[j] for j in ids])
+        states, mask = tower([texts[j] for j in ids], layer)
         for row, j in enumerate(ids):
             chunks[j] = states[row, mask[row]].half()
     lengths = torch.tensor([len(c) for c in chunks])
@@ -112,25 +113,27 @@ def cached(path: Path, build: Callable[[], Any], load: Callable[[Path], Any]) ->
 
 
 def build_corpus(n: int, split: str, tower, image_size: int = 64,
-                 batch_size: int = 128) -> Corpus:
-    """Render `n` scenes of `split` and encode their texts with the locked `tower`; the
-    varied descriptions' unknown words come from the tower's own vocabulary."""
+                 batch_size: int = 128, layer: int = -1) -> Corpus:
+    """Render `n` scenes of `split` and encode their texts with the locked `tower` (the
+    states of hidden `layer`); the varied descriptions' unknown words come from the tower's
+    own vocabulary."""
     seeds, images = render_split(n, split, image_size)
     extra = Extra(unknown_words=unknown_word_pool(tower.tokenizer.get_vocab()))
     pairs = [(i, kind, text) for i, s in enumerate(seeds) for kind, text in scene_texts(s, extra)]
     texts = [p[2] for p in pairs]
-    states, offsets = encode_packed(tower, texts, batch_size)
+    states, offsets = encode_packed(tower, texts, batch_size, layer=layer)
     return Corpus(images=images, text_scene=torch.tensor([p[0] for p in pairs]),
                   text_kind=torch.tensor([p[1] for p in pairs]), states=states,
                   offsets=offsets, texts=texts)
 
 
-def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path) -> Corpus:
+def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path,
+                  layer: int = -1) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v4: varied wording (world/varied.py); v3: broad training vocabulary; v2: the first
-    # free descriptions; r: the renderer's version. Each keeps an older cache from being read
-    # as this one.
-    name = f"corpus-v4-{split}-{n}-{image_size}px"
+    # v5: corners said as two edges; v4: varied wording (world/varied.py); v3: broad training
+    # vocabulary; v2: the first free descriptions; r: the renderer's version. Each keeps an
+    # older cache from being read as this one.
+    name = f"corpus-v5-{split}-{n}-{image_size}px" + (f"-layer{layer}" if layer != -1 else "")
     folder = Path(cache_dir)
     path = folder / f"{name}-r{RENDER_VERSION}.pt"
     # Texts do not depend on the renderer: an older render's corpus keeps its text-tower
@@ -140,7 +143,8 @@ def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | P
     if not path.exists() and source is not None:
         return cached(path, lambda: rerendered(Corpus.load(source), split, image_size),
                       Corpus.load)
-    return cached(path, lambda: build_corpus(n, split, tower, image_size), Corpus.load)
+    return cached(path, lambda: build_corpus(n, split, tower, image_size, layer=layer),
+                  Corpus.load)
 
 
 def rerendered(corpus: Corpus, split: str, image_size: int) -> Corpus:

@@ -5,7 +5,9 @@ has seen seven ways to say "top left" reads an eighth badly. This module adds, f
 only:
 
 - places from a small grammar (vertical word x horizontal word x form): "north-west",
-  "at the topmost right-hand", "in the middle of the frame", ... about 650 phrases;
+  "at the topmost right-hand", "in the middle of the frame", ... about 650 phrases, and
+  corners said as two edges ("near the top, towards the left"; 96 per corner): people
+  place a thing by its row and its column as often as by the corner's name;
 - more sentence frames and list joins;
 - unknown words: now and then a size, colour, fill or shape word is replaced by a random
   word from the text tower's vocabulary, with the image unchanged, so the head learns that a
@@ -21,6 +23,7 @@ and no held-out phrase inside a training one, even with other stop words or punc
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -84,13 +87,32 @@ def _left_or_right(h: str) -> list[str]:
             *[f"at the {m} {h}" for m in MIDDLE]]
 
 
+def _edge_phrases(word: str, edge: str) -> list[str]:
+    """Phrases that place a thing at one edge ("near the top", "towards the left")."""
+    return [f"at the {word}", f"along the {word}", f"near the {word}", f"towards the {word}",
+            f"on the {word} {edge}", f"at the {word} {edge}", f"in the {word} part",
+            f"over on the {word}"]
+
+
+def _two_part(vs: tuple[str, ...], hs: tuple[str, ...], seed: int, n: int = 96) -> list[str]:
+    """A corner said as an edge plus an edge, either way round ("near the top, towards the
+    left", "on the right-hand side and along the bottom"): `n` of them, drawn reproducibly."""
+    verticals = [p for v in vs for p in _edge_phrases(v, "edge")]
+    horizontals = [p for h in hs for p in _edge_phrases(h, "side")]
+    pairs = [f"{a}{sep}{b}" for v, h in product(verticals, horizontals)
+             for sep in (", ", " ", " and ") for a, b in ((v, h), (h, v))]
+    pairs = [p for p in pairs if not says_held_out(p)]
+    return random.Random(seed).sample(pairs, min(n, len(pairs)))
+
+
 def place_grammar() -> dict[str, tuple[str, ...]]:
     """Position -> training place phrases from the grammar (held-out ones filtered out)."""
     rows = {"top": UP, "bottom": DOWN}
     cols = {"left": LEFT, "right": RIGHT}
     out: dict[str, list[str]] = {}
     for (vk, vs), (hk, hs) in product(rows.items(), cols.items()):
-        out[f"{vk} {hk}"] = [p for v, h in product(vs, hs) for p in _corner(v, h)]
+        out[f"{vk} {hk}"] = [*(p for v, h in product(vs, hs) for p in _corner(v, h)),
+                             *_two_part(vs, hs, seed=len(out))]
     for vk, vs in rows.items():
         out[vk] = [p for v in vs for p in _top_or_bottom(v)]
     for hk, hs in cols.items():
