@@ -72,7 +72,7 @@ class WorldEncoder:
         if text_tower.width != cfg.text_width:
             raise ValueError(f"the encoder at {folder} reads {cfg.text_width}-wide states of "
                              f"{cfg.text_tower}, but the text tower gives {text_tower.width}")
-        if cfg.text_layers >= text_tower.depth:
+        if cfg.text_layers > text_tower.depth:
             raise ValueError(f"the encoder at {folder} owns {cfg.text_layers} top layers of "
                              f"{cfg.text_tower}, but the text tower has {text_tower.depth}")
         self.text_tower = text_tower

@@ -254,7 +254,14 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
 
     tower = TextTower()
     model = WorldDualEncoder.from_pretrained(str(init)) if init is not None else None
-    if model is not None and text_layers and not model.config.text_layers:
+    owned = model.config.text_layers if model is not None else 0
+    if owned and text_layers and text_layers != owned:
+        raise ValueError(f"{init} already owns {owned} tower layers; give --text-layers "
+                         f"{owned} (or none) to go on training them")
+    if text_layers > tower.depth:
+        raise ValueError(f"the text tower has {tower.depth} layers; --text-layers "
+                         f"{text_layers} is more")
+    if model is not None and text_layers and not owned:
         model = with_tower_layers(model, tower.top_layers(text_layers))
     model_cfg = model.config if model is not None else WorldEncoderConfig()
     tower_layers = (tower.top_layers(text_layers) if model is None and text_layers else None)

@@ -117,14 +117,17 @@ def with_tower_layers(model: "WorldDualEncoder", tower_layers: nn.ModuleList
     embeddings as `model` until it trains."""
     if model.config.text_layers:
         raise ValueError(f"this encoder already owns {model.config.text_layers} tower layers")
+    if not len(tower_layers):
+        raise ValueError("no tower layers given: copy at least one (`top_layers(k)`, k >= 1)")
     first = tower_layers[0]
     cfg = replace(model.config, text_layers=len(tower_layers),
                   tower_heads=first.self_attn.num_heads, tower_ffn=first.linear1.out_features,
                   tower_norm_eps=first.norm1.eps)
     out = WorldDualEncoder(cfg)
     result = out.load_state_dict(model.state_dict(), strict=False)
-    assert not result.unexpected_keys and all(k.startswith("text.tower_top.")
-                                              for k in result.missing_keys), result
+    if result.unexpected_keys or any(not k.startswith("text.tower_top.")
+                                     for k in result.missing_keys):
+        raise ValueError(f"weights do not fit the encoder with tower layers: {result}")
     out.text.tower_top.load_state_dict(tower_layers.state_dict())
     return out
 

@@ -85,9 +85,9 @@ def test_an_encoder_with_tower_layers_embeds_as_before_and_round_trips(
     assert enc.image_identity == random_world_encoder.image_identity
     with pytest.raises(ValueError, match="already owns 2"):
         with_tower_layers(model, text_tower.top_layers(1))
-    deep = replace(model.config, text_layers=6)
+    deep = replace(model.config, text_layers=7)
     WorldDualEncoder(deep).save_pretrained(tmp_path / "deep")
-    with pytest.raises(ValueError, match="owns 6 top layers"):
+    with pytest.raises(ValueError, match="owns 7 top layers"):
         WorldEncoder(tmp_path / "deep", text_tower)
 
 
