@@ -141,6 +141,7 @@ def needs_image(name: str) -> bool:
 def resolve_methods(names: list[str], profile, encoder) -> dict[str, Fusion | str]:
     """Built-in fusions by name, `image`, `adafuse` (the profile's ADaFuSE: its checkpoint
     folder, or with `fusion = "auto"` the one trained for `encoder`), or checkpoint folders."""
+    from engine.engine import embedding_space
     from engine.factory import auto_fusion
     from fusion import ADaFuSE, load_fusion
     from fusion.factory import AUTO
@@ -162,7 +163,8 @@ def resolve_methods(names: list[str], profile, encoder) -> dict[str, Fusion | st
         else:
             methods[name] = load_fusion(name)
         if methods[name] != "image":
-            methods[name].check_encoder(encoder.identity, encoder.dim)
+            # As the engine does: image-domain adapters leave the fusion's space as it was.
+            methods[name].check_encoder(embedding_space(encoder), encoder.dim)
     return methods
 
 
