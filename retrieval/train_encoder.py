@@ -258,14 +258,12 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     if owned and text_layers and text_layers != owned:
         raise ValueError(f"{init} already owns {owned} tower layers; give --text-layers "
                          f"{owned} (or none) to go on training them")
-    if text_layers > tower.depth:
-        raise ValueError(f"the text tower has {tower.depth} layers; --text-layers "
-                         f"{text_layers} is more")
-    if model is not None and text_layers and not owned:
-        model = with_tower_layers(model, tower.top_layers(text_layers))
+    # `top_layers` refuses more layers than the tower has, before any corpus is built.
+    tower_layers = tower.top_layers(text_layers) if text_layers and not owned else None
+    if model is not None and tower_layers is not None:
+        model, tower_layers = with_tower_layers(model, tower_layers), None
     model_cfg = model.config if model is not None else WorldEncoderConfig()
-    tower_layers = (tower.top_layers(text_layers) if model is None and text_layers else None)
-    layer = -1 - (model_cfg.text_layers if model is not None else text_layers)
+    layer = -1 - (owned or text_layers)
     corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower
