@@ -16,6 +16,7 @@ from PIL import Image
 
 from dialog import DialogState, get_reformulation
 from dialog.query import fit_turns
+from engine.model_thread import model_thread
 from engine.profile import Profile
 from engine.questioner import Asked, Questioner
 from engine.recorder import Recorder
@@ -75,6 +76,9 @@ class Engine:
         self.questioner, self.recorder = questioner, recorder
         self.notice: str | None = None  # about the setup, for every session (e.g. a fallback)
         self.reformulate = get_reformulation(profile.reformulation)
+        # Every model call (and FAISS's, also OpenMP) runs on the process's model thread,
+        # where concurrent turns' text queries and pseudo-images are batched (model_thread.py).
+        self.models = model_thread()
         self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
         # What a person may switch between: the profile's fusion and, with a generator,
         # the built-in static ones.
@@ -105,7 +109,8 @@ class Engine:
             tick = now
 
         chosen = fusion or self.fusion
-        t = self.encoder.encode_texts([query])
+        t = np.stack(self.models.batched(("encode_texts", id(self.encoder)), self._text_rows,
+                                         [query], self.profile.encoder.batch_size))
         lap("encode_text")
         image, g, notice, routed = None, None, None, {}
         draw = chosen.uses_image or (display and self.profile.show_pseudo_image)
@@ -115,7 +120,7 @@ class Engine:
             n = spec.samples if chosen.uses_image else 1
             images = []
             try:
-                images = self.generator.generate([query], seed=spec.seed, n=n)
+                images = self._draw(query, n)
             except GenerationError as e:  # expected failures only; a bug should surface
                 notice = f"No pseudo-image this turn ({e}); searching with the text alone."
             lap("generate")
@@ -123,15 +128,16 @@ class Engine:
             if images and chosen.uses_image:
                 # The mean of K samples' embeddings: what the K drawings agree on.
                 embed = getattr(self.encoder, "encode_images_routed", None)
-                vectors, weights = (embed(images) if embed is not None
-                                    else (self.encoder.encode_images(images), None))
+                vectors, weights = (self.models.run(embed, images) if embed is not None
+                                    else (self.models.run(self.encoder.encode_images, images),
+                                          None))
                 g = vectors.mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
                 routed = self._routing(weights)
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
-        fused = fusion(t, g, np.array([round_]))
+        fused = self.models.run(fusion, t, g, np.array([round_]))
         lap("fuse")
         query_vector = self._feedback(fused.query, liked, rejected)
         hits = self._hits(query_vector, k, exclude=set(rejected))
@@ -153,14 +159,29 @@ class Engine:
         at once when the turn already drew it); None without a generator or on failure."""
         if self.generator is None or not self.profile.show_pseudo_image:
             return None
-        try:
-            return self.generator.generate([query], seed=self.profile.generator.seed)[0]
+        try:  # in the background: another session's search goes first
+            return self._draw(query, 1, background=True)[0]
         except GenerationError:
             return None
 
+    def _text_rows(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.encoder.encode_texts(texts))
+
+    def _draw(self, query: str, n: int, background: bool = False) -> list[Image.Image]:
+        """n pseudo-images of `query`, drawn in one batch with concurrent turns' queries."""
+        seed = self.profile.generator.seed
+
+        def draw(queries: list[str]) -> list[list[Image.Image]]:
+            images = self.generator.generate(queries, seed=seed, n=n)
+            return [images[i * n:(i + 1) * n] for i in range(len(queries))]
+        key = ("generate", id(self.generator), seed, n)
+        return self.models.batched(key, draw, [query], self.profile.generator.batch_size,
+                                   background)[0]
+
     def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
         """Query by example: the gallery images nearest to `image` (the encoder's space)."""
-        return self._hits(self.encoder.encode_images([image]), self._check_k(k))
+        return self._hits(self.models.run(self.encoder.encode_images, [image]),
+                          self._check_k(k))
 
     def _check_k(self, k: int | None) -> int:
         k = self.profile.top_k if k is None else k
@@ -169,7 +190,7 @@ class Engine:
         return k
 
     def _hits(self, query: np.ndarray, k: int, exclude: set[str] = frozenset()) -> list[Hit]:
-        scores, ids = self.index.search(query, k + len(exclude))
+        scores, ids = self.models.run(self.index.search, query, k + len(exclude))
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0])
                  if i >= 0 and self.index.paths[i] not in exclude]
         return [Hit(r, self.index.paths[i], s, i) for r, (s, i) in enumerate(found[:k])]

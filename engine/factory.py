@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.engine import Engine, embedding_space
+from engine.model_thread import model_thread
 from engine.paths import assets_dir, home
 from engine.profile import Profile
 from engine.questioner import Questioner, load_bank
@@ -56,7 +57,14 @@ def build_engine(profile: Profile, progress: Progress | None = None,
     """Load models once; render the world gallery and build the index if they are missing.
 
     `with_generator=False` (e.g. `itir search --text-only`) searches with the text alone.
+    It all happens on the model thread, which then runs the engine's model calls: torch is
+    fast only on the thread that first ran it (engine/model_thread.py).
     """
+    return model_thread().run(_build_engine, profile, progress, with_generator)
+
+
+def _build_engine(profile: Profile, progress: Progress | None,
+                  with_generator: bool) -> Engine:
     check_index_exists(profile)
     auto = profile.fusion_location == AUTO
     fusion: Fusion = (load_fusion(profile.fusion_location) if with_generator and not auto

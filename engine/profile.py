@@ -69,6 +69,9 @@ class Profile:
     fusion_fallback: str = "dar"  # what auto uses when no checkpoint fits the encoder
     reformulation: str = "chatir"  # dialog -> query (dialog/query.py)
     show_pseudo_image: bool = True  # draw it for the person even when the fusion ignores it
+    # Turns of different sessions in flight at once (each session's own events run one at a
+    # time); their model calls queue on one thread, which batches them (engine/model_thread.py).
+    concurrent_turns: int = 8
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     gallery: GallerySpec = field(default_factory=GallerySpec)
@@ -81,6 +84,10 @@ class Profile:
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"profile {self.name!r}: top_k must be at least 1, got {self.top_k}")
+        if self.concurrent_turns < 1 or self.generator.batch_size < 1:
+            raise ValueError(f"profile {self.name!r}: concurrent_turns and [generator] "
+                             f"batch_size must be at least 1, got {self.concurrent_turns} and "
+                             f"{self.generator.batch_size}")
         if self.generator.samples < 1:
             raise ValueError(f"profile {self.name!r}: [generator] samples must be at least 1, "
                              f"got {self.generator.samples}")

@@ -18,6 +18,7 @@ class GeneratorSpec:
     guidance: float = 3.0
     seed: int = 0
     samples: int = 1  # K pseudo-images per turn (one batched call); g = their mean embedding
+    batch_size: int = 8  # the most queries concurrent turns draw in one call of the model
     size: int | None = None  # hub pipelines only; None = the model's default
 
 

@@ -88,3 +88,21 @@ def test_two_sessions_do_not_see_each_others_turns(world_app):
     out_a = turn(a, "it is small and striped", api_name="/send")
     assert len(out_b["chat"]) == 2 and len(out_a["chat"]) == 4
     assert "purple" not in out_a["status"] and "yellow" not in out_b["status"]
+
+
+def test_a_sessions_events_run_one_at_a_time_while_sessions_run_side_by_side(world_app):
+    # Two messages of one session sent at once: each must see the other's turn (a race
+    # would keep one of them); four other sessions at the same time see only their own.
+    url, _ = world_app
+    one = Client(url, verbose=False)
+    others = [Client(url, verbose=False) for _ in range(4)]
+    jobs = [one.submit("a red circle", api_name="/send"),
+            one.submit("it is large", api_name="/send")]
+    jobs += [c.submit(f"a {colour} star", api_name="/send")
+             for c, colour in zip(others, ["blue", "green", "white", "brown"])]
+    outputs = [job.result(timeout=120) for job in jobs]
+    chat = outputs[1][1] if len(outputs[1][1]) > len(outputs[0][1]) else outputs[0][1]
+    said = [text(m) for m in chat if m["role"] == "user"]
+    assert sorted(said) == ["a red circle", "it is large"]
+    for out, colour in zip(outputs[2:], ["blue", "green", "white", "brown"]):
+        assert [text(m) for m in out[1] if m["role"] == "user"] == [f"a {colour} star"]

@@ -2,8 +2,9 @@
 "more like this", "not this", "this is it") and the pseudo-image on the right.
 
 Per-browser-session state is plain data (the dialog state, the chat messages, the results on
-screen, the selected one, the chosen fusion), so Gradio copies it cheaply and API clients
-drive exactly what browsers do; the engine with its models is shared by all sessions.
+screen, the selected one, the chosen fusion), so API clients drive exactly what browsers do;
+the engine with its models is shared by all sessions. Sessions' turns run side by side, each
+session's events one at a time (`SessionLocks`).
 Whatever a person typed is shown as text: it is escaped before the Chatbot renders Markdown.
 """
 
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import html
 import re
+import threading
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -82,15 +86,54 @@ def shown(image: Image.Image | None) -> Image.Image | None:
 
 def empty_state(fusion: str = "") -> dict:
     return {"dialog": DialogState().to_dict(), "history": [], "hits": [], "selected": None,
-            "fusion": fusion, "query": None}
+            "fusion": fusion, "query": None, "key": uuid.uuid4().hex}
+
+
+class SessionLocks:
+    """One lock per browser session, so a click during a turn waits for it instead of racing
+    it, while other sessions' turns run beside it.
+
+    Gradio hands every event of a session the same state object, read when the event starts;
+    an event that waited here reads what the one before it wrote only because each event
+    writes its new state into that object, in place (`exclusive`)."""
+
+    def __init__(self):
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, state: dict):
+        with self._guard:
+            lock = self._locks.setdefault(state["key"], threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, state: dict) -> None:  # Gradio deletes a closed session's state
+        with self._guard:
+            self._locks.pop(state.get("key"), None)
+
+    def exclusive(self, state: dict, event):
+        """`event()`'s outputs, run alone for this session; its new state (the last output,
+        or the only one) is written into `state`, which is returned in its place."""
+        with self.hold(state):
+            outputs = event()
+            new = outputs[-1] if isinstance(outputs, tuple) else outputs
+            if new is not state:
+                key = state["key"]
+                state.clear()
+                state.update(new, key=key)
+            return (*outputs[:-1], state) if isinstance(outputs, tuple) else state
 
 
 def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
-             concurrency: int = 1, thumbnails: Path | None = None) -> gr.Blocks:
-    """The chat app over `engine`; result thumbnails are kept in `thumbnails` (default
-    `ITIR_HOME/thumbnails`)."""
+             concurrency: int | None = None, thumbnails: Path | None = None) -> gr.Blocks:
+    """The chat app over `engine`; `concurrency` turns of different sessions at once
+    (default: the profile's `concurrent_turns`); result thumbnails are kept in `thumbnails`
+    (default `ITIR_HOME/thumbnails`)."""
     fusions = list(engine.fusions)
     thumbnail = Thumbnails(thumbnails or home() / "thumbnails")
+    sessions = SessionLocks()
+    concurrency = concurrency or engine.profile.concurrent_turns
 
     def answer_buttons(options: list[str]) -> list:
         return [gr.update(value=options[i], visible=True) if i < len(options)
@@ -138,29 +181,37 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         return render(state, result)
 
     def send(message: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        return turn(state, lambda s: (s.send(message), message.strip()))
+        return sessions.exclusive(state, lambda: turn(
+            state, lambda s: (s.send(message), message.strip())))
 
     def answer(option: str, state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        return turn(state, lambda s: (s.send(option, answer=True), option))
+        return sessions.exclusive(state, lambda: turn(
+            state, lambda s: (s.send(option, answer=True), option)))
 
     def select(state: dict, evt: gr.SelectData):
-        return render({**state, "selected": evt.index}, None)
+        return sessions.exclusive(state, lambda: render({**state, "selected": evt.index},
+                                                        None))
 
     def select_by_index(index: float, state: dict):  # the same, for API clients
-        i = int(index) - 1
-        if not 0 <= i < len(state["hits"]):
-            raise gr.Error(f"there is no result #{int(index)} on screen "
-                           f"({len(state['hits'])} shown)")
-        return render({**state, "selected": i}, None)
+        def pick():
+            i = int(index) - 1
+            if not 0 <= i < len(state["hits"]):
+                raise gr.Error(f"there is no result #{int(index)} on screen "
+                               f"({len(state['hits'])} shown)")
+            return render({**state, "selected": i}, None)
+        return sessions.exclusive(state, pick)
 
     def mark(kind: str):
         said = {"more": "More like this", "less": "Not this", "found": "This is it"}[kind]
 
-        def handler(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        def click(state: dict):
             if state["selected"] is None or state["selected"] >= len(state["hits"]):
                 raise gr.Error("Select a result first (click a picture in the gallery).")
             path = state["hits"][state["selected"]][0]
             return turn(state, lambda s: (s.click(path, kind), f"{said}: {Path(path).name}"))
+
+        def handler(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            return sessions.exclusive(state, lambda: click(state))
         return handler
 
     def draw(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -170,18 +221,21 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         return shown(image) if image is not None else gr.skip()
 
     def choose_fusion(name: str, state: dict):
-        return {**state, "fusion": name}
+        return sessions.exclusive(state, lambda: {**state, "fusion": name})
 
-    def reset(state: dict | None = None):
-        if state and state.get("dialog"):
-            engine.session(state["dialog"]).abandon()  # recorded as abandoned, if it was on
-        fresh = empty_state(state.get("fusion", "") if state else "")
-        return ("", [], [], None, "", *answer_buttons([]), "", {"question": None,
-                                                                "options": []}, fresh)
+    def reset(state: dict):
+        def start_over():
+            if state.get("dialog"):
+                engine.session(state["dialog"]).abandon()  # recorded as abandoned, if on
+            fresh = empty_state(state.get("fusion", ""))
+            return ("", [], [], None, "", *answer_buttons([]), "",
+                    {"question": None, "options": []}, fresh)
+        return sessions.exclusive(state, start_over)
 
     with gr.Blocks(title="itir — interactive image search", delete_cache=delete_cache) as demo:
         gr.Markdown(f"# itir\n{INTRO}")
-        state = gr.State(empty_state())
+        # A callable: every session gets a fresh state, with a key of its own.
+        state = gr.State(empty_state, delete_callback=sessions.forget)
         with gr.Row():
             with gr.Column(scale=5):
                 chat = gr.Chatbot(label="Dialog", height=420)
@@ -213,8 +267,8 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         # What the answer buttons show, for API clients (buttons are not API outputs).
         asked = gr.JSON(visible=False)
         outputs = [box, chat, gallery, pseudo, status, *answers, picked, asked, state]
-        # Turns share the models, the generator's cache and the scheduler's state, which are
-        # not thread-safe: `concurrency` turns at a time (1 unless the engine says more).
+        # `concurrency` turns of different sessions at a time; their model calls queue on the
+        # engine's model thread, which batches them.
         run = {"concurrency_id": "turn", "concurrency_limit": concurrency}
         # The pseudo-image is drawn when a search's status appears: an event of its own (in
         # its own lane: the generator is slow), so neither the reply nor an API client's
@@ -229,8 +283,8 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         typed_answer = gr.Textbox(visible=False)  # API clients answer by text
         gr.Button(visible=False).click(answer, [typed_answer, state], outputs,
                                        api_name="answer", **run)
-        # Everything that writes the state runs in the turn lane, so a click during a turn
-        # waits for it instead of racing it and losing one of the two.
+        # Everything that writes the state holds the session's lock (`SessionLocks`), so a
+        # click during a turn waits for it instead of racing it and losing one of the two.
         gallery.select(select, [state], outputs, api_name=False, **run)
         rank = gr.Number(visible=False, precision=0)  # API clients select by rank (1-based)
         gr.Button(visible=False).click(select_by_index, [rank, state], outputs,

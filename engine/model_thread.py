@@ -1,0 +1,135 @@
+"""One thread runs every model call of a process, and batches what concurrent callers ask.
+
+Why one thread: torch's CPU kernels parallelise with OpenMP (libgomp), and every thread that
+runs them gets a team of worker threads of its own. Once a second team exists on a machine
+with few cores, libgomp stops spinning between parallel regions, and the many small kernels
+of our models each wait on a wake-up: measured on 2 cores, the world generator's six steps
+took ~480 ms from a second thread against ~210 ms from the first, and a server runs its
+events on a pool of threads, so every turn of the app paid that. Here the models are loaded
+and run by one long-lived thread, and other threads hand it their calls and wait.
+
+Why batch: calls queued under the same key while the thread is busy (the text queries or the
+pseudo-images of concurrent sessions' turns) are merged into one call of the model, up to
+`max_batch` items. A caller gets exactly its own items' results: batching changes how fast
+an answer comes, and a result only by float rounding (a batch runs other kernels; measured on
+the world generator: at most one level of one pixel channel in 255).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Call:
+    fn: Callable
+    items: list | None = None  # a batchable call: fn(items) -> one result per item
+    key: Hashable | None = None
+    max_batch: int = 1
+    background: bool = False  # runs only when no other call waits
+    # The caller's context variables (Gradio's request, what ZeroGPU's spaces.GPU reads to
+    # know whose quota a call spends) go with the call; a batch runs in its first caller's.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class ModelThread:
+    def __init__(self, name: str = "itir-models"):
+        self._calls: deque[_Call] = deque()
+        self._ready = threading.Condition()
+        self.batches: deque[int] = deque(maxlen=256)  # items per batched call, newest last
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def here(self) -> bool:
+        """Whether the caller is the model thread itself (its calls then run inline)."""
+        return threading.current_thread() is self._thread
+
+    def run(self, fn: Callable, *args, **kwargs) -> Any:
+        """fn(*args, **kwargs) on the model thread; its exception is raised here."""
+        if self.here:
+            return fn(*args, **kwargs)
+        return self._wait(_Call(lambda: fn(*args, **kwargs)))
+
+    def batched(self, key: Hashable, fn: Callable[[list], Sequence], items: Sequence,
+                max_batch: int, background: bool = False) -> list:
+        """fn's results for `items`, where fn maps a list of items to one result each. Calls
+        waiting with an equal `key` are merged into one call of the first one's fn, so the
+        key must name the model and the settings (encoder, seed, ...), not only the stage.
+        `background`: wait while any other call waits (a picture drawn only to be shown must
+        not hold up another session's search)."""
+        items = list(items)
+        if self.here or not items:
+            return list(fn(items)) if items else []
+        return self._wait(_Call(fn, items, key, max(max_batch, 1), background))
+
+    def _wait(self, call: _Call) -> Any:
+        with self._ready:
+            self._calls.append(call)
+            self._ready.notify()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._calls:
+                    self._ready.wait()
+                first = next((c for c in self._calls if not c.background), self._calls[0])
+                self._calls.remove(first)
+                group = [first]
+                if group[0].key is not None:  # everyone waiting with this key joins in
+                    size = len(group[0].items)
+                    for other in list(self._calls):
+                        if other.key == group[0].key and size + len(other.items) <= \
+                                group[0].max_batch:
+                            self._calls.remove(other)
+                            group.append(other)
+                            size += len(other.items)
+            self._execute(group)
+
+    def _execute(self, group: list[_Call]) -> None:
+        first = group[0]
+        try:
+            if first.items is None:
+                first.result = first.context.run(first.fn)
+            else:
+                items = [item for call in group for item in call.items]
+                results = list(first.context.run(first.fn, items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"a batched model call gave {len(results)} results "
+                                       f"for {len(items)} items")
+                self.batches.append(len(items))
+                start = 0
+                for call in group:
+                    call.result = results[start:start + len(call.items)]
+                    start += len(call.items)
+        except BaseException as e:  # noqa: BLE001  (handed to every caller of the batch)
+            for call in group:
+                call.error = e
+        finally:
+            for call in group:
+                call.done.set()
+
+
+_shared: ModelThread | None = None
+_shared_lock = threading.Lock()
+
+
+def model_thread() -> ModelThread:
+    """The process's model thread (started on first use)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ModelThread()
+        return _shared
