@@ -7,7 +7,9 @@ one image side is never searched with another, while a new text side needs no re
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from threading import Lock
 from typing import Protocol
 
 import numpy as np
@@ -218,9 +220,13 @@ class TransformersEncoder:
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         self.max_tokens = getattr(self, "max_tokens", None) or min(
             self.processor.tokenizer.model_max_length, 512)
+        # Turns count tokens on the server's event threads while the model thread encodes:
+        # a fast tokenizer must not be used from two threads at once, so counting has its own.
+        self._counter, self._counter_lock = copy.deepcopy(self.processor.tokenizer), Lock()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.processor.tokenizer(text)["input_ids"])
+        with self._counter_lock:
+            return len(self._counter(text)["input_ids"])
 
     def _load(self, location: str) -> None:
         raise NotImplementedError

@@ -8,6 +8,7 @@ layers and run its own trained copy of those (`top_layers`): the tower itself ne
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 
@@ -44,6 +45,9 @@ class TextTower(torch.nn.Module):
         try:
             offline = offline_kwargs(self.location)
             self.tokenizer = AutoTokenizer.from_pretrained(self.location, **offline)
+            # Its own copy for `count_tokens`, which every turn calls from the server's event
+            # threads: with one tokenizer they would wait for each other's forward passes.
+            self._counter = copy.deepcopy(self.tokenizer)
             self.model = AutoModel.from_pretrained(self.location, **offline).to(device).eval()
         except OSError as e:
             raise OSError(
@@ -62,6 +66,7 @@ class TextTower(torch.nn.Module):
         self._each: OrderedDict[str, torch.Tensor] = OrderedDict()  # see states_each
         # A fast tokenizer and the memos must not be used from two threads at once.
         self.lock = threading.RLock()
+        self._counter_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -112,8 +117,8 @@ class TextTower(torch.nn.Module):
             return out
 
     def count_tokens(self, text: str) -> int:
-        with self.lock:
-            return len(self.tokenizer(text)["input_ids"])
+        with self._counter_lock:
+            return len(self._counter(text)["input_ids"])
 
     def _forward(self, texts: list[str]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Every hidden layer's states (embeddings first) and the mask."""
