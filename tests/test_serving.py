@@ -1,6 +1,7 @@
 """Serving, as a new user meets it: from any directory, any number of gallery folders, a
 bounded file cache, and startup failures in one line."""
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,20 @@ def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ITIR_PROFILE", "no-such-profile")
     assert app_main() == 2
     assert "profile 'no-such-profile' not found" in capsys.readouterr().err
+
+
+def test_a_hub_profile_offline_fails_before_gradio_is_imported(tmp_path):
+    # Gradio's imports take seconds: a missing model must be said before them (floor: 5 s).
+    import subprocess
+    import sys
+    code = ("import sys; from itir.serve import main; rc = main(); "
+            "print(rc, 'gradio' in sys.modules)")
+    env = {**os.environ, "ITIR_PROFILE": "clip-sdturbo", "ITIR_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert "could not load CLIP model 'openai/clip-vit-base-patch32'" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_sigkill_mid_session_keeps_every_finished_turn_and_restarts_cleanly(tmp_path):
