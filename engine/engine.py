@@ -78,7 +78,7 @@ class Engine:
         self.reformulate = get_reformulation(profile.reformulation)
         # Every model call (and FAISS's, also OpenMP) runs on the process's model thread,
         # where concurrent turns' text queries and pseudo-images are batched (model_thread.py).
-        self.models = model_thread()
+        self.model_thread = model_thread()
         self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
         # What a person may switch between: the profile's fusion and, with a generator,
         # the built-in static ones.
@@ -109,7 +109,7 @@ class Engine:
             tick = now
 
         chosen = fusion or self.fusion
-        t = np.stack(self.models.batched(("encode_texts", id(self.encoder)), self._text_rows,
+        t = np.stack(self.model_thread.batched(("encode_texts", id(self.encoder)), self._text_rows,
                                          [query], self.profile.encoder.batch_size))
         lap("encode_text")
         image, g, notice, routed = None, None, None, {}
@@ -128,8 +128,8 @@ class Engine:
             if images and chosen.uses_image:
                 # The mean of K samples' embeddings: what the K drawings agree on.
                 embed = getattr(self.encoder, "encode_images_routed", None)
-                vectors, weights = (self.models.run(embed, images) if embed is not None
-                                    else (self.models.run(self.encoder.encode_images, images),
+                vectors, weights = (self.model_thread.run(embed, images) if embed is not None
+                                    else (self.model_thread.run(self.encoder.encode_images, images),
                                           None))
                 g = vectors.mean(0, keepdims=True)
                 g /= np.linalg.norm(g, axis=1, keepdims=True)
@@ -137,7 +137,7 @@ class Engine:
                 lap("embed_image")
         # A fusion that needs the image falls back to the text when there is none.
         fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
-        fused = self.models.run(fusion, t, g, np.array([round_]))
+        fused = self.model_thread.run(fusion, t, g, np.array([round_]))
         lap("fuse")
         query_vector = self._feedback(fused.query, liked, rejected)
         hits = self._hits(query_vector, k, exclude=set(rejected))
@@ -175,12 +175,12 @@ class Engine:
             images = self.generator.generate(queries, seed=seed, n=n)
             return [images[i * n:(i + 1) * n] for i in range(len(queries))]
         key = ("generate", id(self.generator), seed, n)
-        return self.models.batched(key, draw, [query], self.profile.generator.batch_size,
+        return self.model_thread.batched(key, draw, [query], self.profile.generator.batch_size,
                                    background)[0]
 
     def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
         """Query by example: the gallery images nearest to `image` (the encoder's space)."""
-        return self._hits(self.models.run(self.encoder.encode_images, [image]),
+        return self._hits(self.model_thread.run(self.encoder.encode_images, [image]),
                           self._check_k(k))
 
     def _check_k(self, k: int | None) -> int:
@@ -190,7 +190,7 @@ class Engine:
         return k
 
     def _hits(self, query: np.ndarray, k: int, exclude: set[str] = frozenset()) -> list[Hit]:
-        scores, ids = self.models.run(self.index.search, query, k + len(exclude))
+        scores, ids = self.model_thread.run(self.index.search, query, k + len(exclude))
         found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0])
                  if i >= 0 and self.index.paths[i] not in exclude]
         return [Hit(r, self.index.paths[i], s, i) for r, (s, i) in enumerate(found[:k])]

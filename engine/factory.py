@@ -58,7 +58,7 @@ def build_engine(profile: Profile, progress: Progress | None = None,
 
     `with_generator=False` (e.g. `itir search --text-only`) searches with the text alone.
     It all happens on the model thread, which then runs the engine's model calls: torch is
-    fast only on the thread that first ran it (engine/model_thread.py).
+    fast only while one long-lived thread runs it (engine/model_thread.py).
     """
     return model_thread().run(_build_engine, profile, progress, with_generator)
 

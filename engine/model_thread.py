@@ -3,10 +3,12 @@
 Why one thread: torch's CPU kernels parallelise with OpenMP (libgomp), and every thread that
 runs them gets a team of worker threads of its own. Once a second team exists on a machine
 with few cores, libgomp stops spinning between parallel regions, and the many small kernels
-of our models each wait on a wake-up: measured on 2 cores, the world generator's six steps
-took ~480 ms from a second thread against ~210 ms from the first, and a server runs its
-events on a pool of threads, so every turn of the app paid that. Here the models are loaded
-and run by one long-lived thread, and other threads hand it their calls and wait.
+of our models each wait on a wake-up, on every thread that runs torch, for as long as more
+than one such thread is alive: measured on 2 cores, the world generator's six steps took
+~210 ms while one thread ran torch and ~480 ms once a second one had. A server runs its
+events on a pool of long-lived threads, so every turn of the app paid that. Here the models
+are loaded and run by one long-lived thread, and other threads hand it their calls and wait:
+nothing else in a process that has one may run torch itself.
 
 Why batch: calls queued under the same key while the thread is busy (the text queries or the
 pseudo-images of concurrent sessions' turns) are merged into one call of the model, up to
@@ -41,10 +43,9 @@ class _Call:
 
 
 class ModelThread:
-    def __init__(self, name: str = "itir-models"):
+    def __init__(self, name: str = "itir-models") -> None:
         self._calls: deque[_Call] = deque()
         self._ready = threading.Condition()
-        self.batches: deque[int] = deque(maxlen=256)  # items per batched call, newest last
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -66,10 +67,15 @@ class ModelThread:
         key must name the model and the settings (encoder, seed, ...), not only the stage.
         `background`: wait while any other call waits (a picture drawn only to be shown must
         not hold up another session's search)."""
-        items = list(items)
-        if self.here or not items:
-            return list(fn(items)) if items else []
-        return self._wait(_Call(fn, items, key, max(max_batch, 1), background))
+        call = _Call(fn, list(items), key, max(max_batch, 1), background)
+        if not call.items:
+            return []
+        if self.here:
+            self._execute([call])
+            if call.error is not None:
+                raise call.error
+            return call.result
+        return self._wait(call)
 
     def _wait(self, call: _Call) -> Any:
         with self._ready:
@@ -85,41 +91,52 @@ class ModelThread:
             with self._ready:
                 while not self._calls:
                     self._ready.wait()
-                first = next((c for c in self._calls if not c.background), self._calls[0])
-                self._calls.remove(first)
-                group = [first]
-                if group[0].key is not None:  # everyone waiting with this key joins in
-                    size = len(group[0].items)
-                    for other in list(self._calls):
-                        if other.key == group[0].key and size + len(other.items) <= \
-                                group[0].max_batch:
-                            self._calls.remove(other)
-                            group.append(other)
-                            size += len(other.items)
+                group = self._next_group()
             self._execute(group)
+            if len(group) > 1 and any(call.error is not None for call in group):
+                # One caller's bad item (or a batch too big for the device) must not fail
+                # the others: each goes again alone and gets its own answer.
+                for call in group:
+                    call.error = None
+                    self._execute([call])
+            for call in group:
+                call.done.set()
 
-    def _execute(self, group: list[_Call]) -> None:
+    def _next_group(self) -> list[_Call]:
+        """The oldest call that is not in the background (else the oldest), with every
+        waiting call of its key that fits in its batch."""
+        first = next((c for c in self._calls if not c.background), self._calls[0])
+        self._calls.remove(first)
+        group, size = [first], len(first.items or ())
+        if first.key is None:
+            return group
+        for other in list(self._calls):
+            if other.key == first.key and size + len(other.items) <= first.max_batch:
+                self._calls.remove(other)
+                group.append(other)
+                size += len(other.items)
+        return group
+
+    @staticmethod
+    def _execute(group: list[_Call]) -> None:
+        """Run one call, or one batch of calls; results or the error go on each call."""
         first = group[0]
         try:
             if first.items is None:
                 first.result = first.context.run(first.fn)
-            else:
-                items = [item for call in group for item in call.items]
-                results = list(first.context.run(first.fn, items))
-                if len(results) != len(items):
-                    raise RuntimeError(f"a batched model call gave {len(results)} results "
-                                       f"for {len(items)} items")
-                self.batches.append(len(items))
-                start = 0
-                for call in group:
-                    call.result = results[start:start + len(call.items)]
-                    start += len(call.items)
-        except BaseException as e:  # noqa: BLE001  (handed to every caller of the batch)
+                return
+            items = [item for call in group for item in call.items]
+            results = list(first.context.run(first.fn, items))
+            if len(results) != len(items):
+                raise RuntimeError(f"a batched model call gave {len(results)} results for "
+                                   f"{len(items)} items")
+            start = 0
+            for call in group:
+                call.result = results[start:start + len(call.items)]
+                start += len(call.items)
+        except BaseException as e:  # noqa: BLE001  (handed to the callers, never lost here)
             for call in group:
                 call.error = e
-        finally:
-            for call in group:
-                call.done.set()
 
 
 _shared: ModelThread | None = None

@@ -170,8 +170,10 @@ def resolve_methods(names: list[str], profile, encoder) -> dict[str, Fusion | st
 
 def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
         images_root=None, limit: int | None = None, k: int = 1,
-        controls: tuple[str, ...] = ()) -> dict:
-    """Rank every dialog's target at every round under each method (and control)."""
+        controls: tuple[str, ...] = (), also_k: tuple[int, ...] = ()) -> dict:
+    """Rank every dialog's target at every round under each method (and control), with g
+    the mean of k pseudo-images per round; `also_k`: the same with the first k' of them
+    (drawn once, as many as the largest asks), in `result["by_k"]`."""
     from engine.factory import load_models
     from evaluation.dialog_set import embed_dialog_set, read_dialog_set
 
@@ -187,10 +189,16 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
     resolved = resolve_methods(methods, profile, models.encoder)
     if drawing and models.generator is None:
         raise ValueError(f"profile {profile.name!r} has no generator, so only `text` can run")
+    if also_k and not drawing:
+        raise ValueError("--k compares numbers of pseudo-images, but none of the methods "
+                         "uses one: add image, dar, add or adafuse")
     emb = embed_dialog_set(ds, models.encoder, models.generator if drawing else None,
-                           k=k, seed=profile.generator.seed)
+                           k=max(k, *also_k), seed=profile.generator.seed)
     result = {"dialog_file": str(dialogs_file), "encoder": models.encoder.identity,
               **compare(emb, resolved, k)}
+    if also_k:
+        result["by_k"] = {str(j): compare(emb, resolved, j)["methods"]
+                          for j in sorted({k, *also_k})}
     if drawing:
         result["generator"] = models.generator.identity
         result["controls"] = {c: compare(emb, resolved, k, controlled_images(emb, c, k))

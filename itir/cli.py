@@ -67,9 +67,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for control in args.control:
         chatir.check_control(control)  # a typo fails now, not after hours of drawing
+    ks = args.k
     result = chatir.run(_profile(args), args.dialogs, methods, args.corpus, args.images,
-                        args.limit, args.k, tuple(args.control))
+                        args.limit, ks[0], tuple(args.control), tuple(ks[1:]))
     print(chatir.markdown_table(result))
+    for k, rows in result.get("by_k", {}).items():
+        print(f"\n{k} pseudo-image(s) per round:")
+        print(chatir.markdown_table({"methods": rows}))
     for control, rows in result.get("controls", {}).items():
         print(f"\ncontrol {control}:")
         print(chatir.markdown_table({"methods": rows}))
@@ -128,11 +132,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from engine.factory import build_engine
 
         engine = build_engine(_profile(args))
-        methods = chatir.resolve_methods([m.strip() for m in args.methods.split(",")
-                                          if m.strip()], engine.profile, engine.encoder)
-        methods = {k: v for k, v in methods.items() if v != "image"}
-        result["counterfactual"] = replay.counterfactual(sessions, engine, methods,
-                                                         args.rounds)
+
+        def counterfactual() -> dict:  # torch belongs to the engine's model thread
+            methods = chatir.resolve_methods([m.strip() for m in args.methods.split(",")
+                                              if m.strip()], engine.profile, engine.encoder)
+            methods = {k: v for k, v in methods.items() if v != "image"}
+            return replay.counterfactual(sessions, engine, methods, args.rounds)
+        result["counterfactual"] = engine.model_thread.run(counterfactual)
         if result["counterfactual"]:
             print(chatir.markdown_table(result["counterfactual"]))
     if args.json:
@@ -401,6 +407,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> list[int]:
+    """`1,2,4` -> [1, 2, 4], in the order given."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers like 1,2,4, got {text!r}"
+                                         ) from None
+
+
 def non_negative_float(text: str) -> float:
     value = _number(text)
     if not value >= 0:  # also refuses nan
@@ -585,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default="text,image,dar,add",
                     help="comma-separated: text, image, dar, add, adafuse, or checkpoint folders")
     ev.add_argument("--limit", type=positive_int, default=None, help="first N dialogs")
-    ev.add_argument("--k", type=positive_int, default=1, help="pseudo-images per round")
+    ev.add_argument("--k", type=positive_ints, default=[1], metavar="K[,K...]",
+                    help="pseudo-images per round, their embeddings' mean fused (default 1); "
+                         "several, e.g. 1,2,4: each compared on the same drawings")
     ev.add_argument("--control", action="append", default=[],
                     help="also run under a control: shuffled, unrelated:0.3 (repeatable)")
     ev.add_argument("--json", default=None, metavar="OUT")

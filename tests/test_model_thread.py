@@ -1,12 +1,14 @@
 """The model thread: calls run there, concurrent batchable calls are merged, errors reach
-their callers."""
+their callers; and a session's UI events run one at a time (SessionLocks)."""
 
+import contextvars
 import threading
 import time
 
 import pytest
 
 from engine.model_thread import ModelThread
+from ui.chat import SessionLocks
 
 
 def wait_until(condition, seconds: float = 10.0) -> None:
@@ -17,24 +19,41 @@ def wait_until(condition, seconds: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-def hold(models: ModelThread, release: threading.Event) -> list[threading.Thread]:
-    """Keep the model thread busy until `release` is set, so the calls after queue up."""
-    running = threading.Event()
-    threads, _ = in_threads(lambda: models.run(lambda: (running.set(), release.wait())))
-    running.wait(10)
-    return threads
+class Busy:
+    """Holds the model thread busy inside `with`; `queue(call)` starts a caller thread and
+    waits until its call is queued, so calls queue in the order they are given."""
 
+    def __init__(self, models: ModelThread):
+        self.models, self.release, self.threads, self.results = models, threading.Event(), [], []
 
-def in_threads(*calls):
-    """Start each call on a thread of its own; returns (threads, results by position)."""
-    results = [None] * len(calls)
+    def __enter__(self):
+        running = threading.Event()
+        self._start(lambda: self.models.run(lambda: (running.set(), self.release.wait())))
+        running.wait(10)
+        return self
 
-    def run(i, call):
-        results[i] = call()
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    return threads, results
+    def queue(self, call) -> None:
+        waiting = len(self.models._calls)
+        self._start(call)
+        wait_until(lambda: len(self.models._calls) == waiting + 1)
+
+    def _start(self, call) -> None:
+        i = len(self.results)
+        self.results.append(None)
+
+        def run():
+            try:
+                self.results[i] = call()
+            except Exception as e:  # noqa: BLE001  (the test looks at it)
+                self.results[i] = e
+        thread = threading.Thread(target=run, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def __exit__(self, *exc):
+        self.release.set()
+        for t in self.threads:
+            t.join(10)
 
 
 def test_calls_run_on_the_model_thread_and_nested_calls_run_inline():
@@ -43,76 +62,85 @@ def test_calls_run_on_the_model_thread_and_nested_calls_run_inline():
     assert where is models._thread and where is not threading.current_thread()
     # A model call that makes another (build_engine loading models) must not deadlock.
     assert models.run(lambda: models.run(lambda: 41) + 1) == 42
+    assert models.run(lambda: models.batched("k", lambda xs: [x * 2 for x in xs], [3], 4)) \
+        == [6]
     assert models.batched("k", lambda xs: [x * 2 for x in xs], [], 4) == []
 
 
 def test_concurrent_calls_with_one_key_become_one_batch_and_each_gets_its_own_results():
-    models = ModelThread()
-    release = threading.Event()
-    seen = []
+    models, seen = ModelThread(), []
 
     def double(items):
         seen.append(list(items))
         return [x * 2 for x in items]
-    blocker = hold(models, release)
-    threads, results = in_threads(
-        lambda: models.batched("double", double, [1, 2], 8),
-        lambda: models.batched("double", double, [3], 8),
-        lambda: models.batched("other", double, [10], 8),  # another key: its own batch
-        lambda: models.batched("double", double, [4, 5, 6, 7, 8, 9], 8))  # would pass 8
-    wait_until(lambda: len(models._calls) == 4)
-    release.set()
-    for t in [*blocker, *threads]:
-        t.join(10)
-    assert results == [[2, 4], [6], [20], [8, 10, 12, 14, 16, 18]]
+    with Busy(models) as busy:
+        busy.queue(lambda: models.batched("double", double, [1, 2], 8))
+        busy.queue(lambda: models.batched("double", double, [3], 8))
+        busy.queue(lambda: models.batched("other", double, [10], 8))  # another key
+        busy.queue(lambda: models.batched("double", double, [4, 5, 6, 7, 8, 9], 8))  # > 8
+    assert busy.results[1:] == [[2, 4], [6], [20], [8, 10, 12, 14, 16, 18]]
     assert seen == [[1, 2, 3], [10], [4, 5, 6, 7, 8, 9]]
-    assert list(models.batches) == [3, 1, 6]
 
 
-def test_an_error_reaches_every_caller_of_its_batch_and_the_thread_goes_on():
-    models = ModelThread()
-    release = threading.Event()
+def test_a_failing_batch_is_run_again_call_by_call_so_only_the_bad_call_fails():
+    models, seen = ModelThread(), []
 
-    def fail(items):
-        raise ValueError(f"cannot do {items}")
-    blocker = hold(models, release)
-
-    def call(x):
-        try:
-            return models.batched("fail", fail, [x], 4)
-        except ValueError as e:
-            return str(e)
-    threads, results = in_threads(lambda: call(1), lambda: call(2))
-    wait_until(lambda: len(models._calls) == 2)
-    release.set()
-    for t in [*blocker, *threads]:
-        t.join(10)
-    assert results == ["cannot do [1, 2]"] * 2
+    def strict(items):
+        seen.append(list(items))
+        if "bad" in items:
+            raise ValueError("cannot draw 'bad'")
+        return [x.upper() for x in items]
+    with Busy(models) as busy:
+        busy.queue(lambda: models.batched("draw", strict, ["a"], 4))
+        busy.queue(lambda: models.batched("draw", strict, ["bad"], 4))
+        busy.queue(lambda: models.batched("draw", strict, ["c"], 4))
+    assert busy.results[1] == ["A"] and busy.results[3] == ["C"]
+    assert isinstance(busy.results[2], ValueError)
+    assert seen == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
     with pytest.raises(RuntimeError, match="2 results for 1 items"):
         models.batched("bad", lambda xs: [0, 0], [1], 4)
     assert models.run(lambda: "still serving") == "still serving"
 
 
 def test_a_background_call_waits_while_others_wait():
-    models = ModelThread()
-    release, order = threading.Event(), []
-    blocker = hold(models, release)
-    first, _ = in_threads(lambda: models.batched("draw", lambda xs: order.extend(xs) or xs,
-                                                 ["shown"], 4, background=True))
-    wait_until(lambda: len(models._calls) == 1)
-    second, _ = in_threads(lambda: models.run(order.append, "search"))
-    wait_until(lambda: len(models._calls) == 2)
-    release.set()
-    for t in [*blocker, *first, *second]:
-        t.join(10)
+    models, order = ModelThread(), []
+    with Busy(models) as busy:
+        busy.queue(lambda: models.batched("draw", lambda xs: order.extend(xs) or xs,
+                                          ["shown"], 4, background=True))
+        busy.queue(lambda: models.run(order.append, "search"))
     assert order == ["search", "shown"]
 
 
 def test_a_call_runs_in_its_callers_context():
-    import contextvars
     who = contextvars.ContextVar("who", default="nobody")
     models = ModelThread()
     who.set("session a")
     assert models.run(who.get) == "session a"
     assert models.batched("who", lambda xs: [who.get() for _ in xs], [1, 2], 4) == \
         ["session a"] * 2
+
+
+def test_a_sessions_events_wait_for_each_other_and_see_what_the_one_before_wrote():
+    locks, state = SessionLocks(), {"turns": []}
+    other = {"turns": []}
+    inside, release = threading.Event(), threading.Event()
+
+    def first_event():
+        inside.set()
+        release.wait(10)
+        return ("reply 1", {"turns": [*state["turns"], "first"]})
+    first = threading.Thread(target=lambda: locks.exclusive(state, first_event), daemon=True)
+    first.start()
+    inside.wait(10)
+    # Another session is not held up by this one.
+    assert locks.exclusive(other, lambda: {"turns": ["elsewhere"]}) is other
+    second = threading.Thread(target=lambda: locks.exclusive(
+        state, lambda: ("reply 2", {"turns": [*state["turns"], "second"]})), daemon=True)
+    second.start()
+    time.sleep(0.05)
+    assert state["turns"] == []  # the second event is waiting, not racing
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert state["turns"] == ["first", "second"] and other["turns"] == ["elsewhere"]
+    assert locks._locks == {}  # nothing kept once no event holds the session

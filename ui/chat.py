@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 import threading
-import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,7 +86,7 @@ def shown(image: Image.Image | None) -> Image.Image | None:
 
 def empty_state(fusion: str = "") -> dict:
     return {"dialog": DialogState().to_dict(), "history": [], "hits": [], "selected": None,
-            "fusion": fusion, "query": None, "key": uuid.uuid4().hex}
+            "fusion": fusion, "query": None}
 
 
 class SessionLocks:
@@ -95,33 +95,37 @@ class SessionLocks:
 
     Gradio hands every event of a session the same state object, read when the event starts;
     an event that waited here reads what the one before it wrote only because each event
-    writes its new state into that object, in place (`exclusive`)."""
+    writes its new state into that object, in place (`exclusive`). The lock is the object's,
+    kept while an event holds it: its id cannot pass to another object meanwhile, and nothing
+    is left behind when Gradio drops a closed session."""
 
-    def __init__(self):
-        self._locks: dict[str, threading.Lock] = {}
+    def __init__(self) -> None:
+        self._locks: dict[int, list] = {}  # id(state) -> [lock, events holding or waiting]
         self._guard = threading.Lock()
 
     @contextmanager
-    def hold(self, state: dict):
+    def hold(self, state: dict) -> Iterator[None]:
         with self._guard:
-            lock = self._locks.setdefault(state["key"], threading.Lock())
-        with lock:
-            yield
+            entry = self._locks.setdefault(id(state), [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[id(state)]
 
-    def forget(self, state: dict) -> None:  # Gradio deletes a closed session's state
-        with self._guard:
-            self._locks.pop(state.get("key"), None)
-
-    def exclusive(self, state: dict, event):
+    def exclusive(self, state: dict, event: Callable[[], tuple | dict]) -> tuple | dict:
         """`event()`'s outputs, run alone for this session; its new state (the last output,
         or the only one) is written into `state`, which is returned in its place."""
         with self.hold(state):
             outputs = event()
             new = outputs[-1] if isinstance(outputs, tuple) else outputs
             if new is not state:
-                key = state["key"]
                 state.clear()
-                state.update(new, key=key)
+                state.update(new)
             return (*outputs[:-1], state) if isinstance(outputs, tuple) else state
 
 
@@ -215,9 +219,10 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         return handler
 
     def draw(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        if not state.get("query"):
+        query = state.get("query")  # read once: the session's next turn may rewrite it
+        if not query:
             return gr.skip()
-        image = engine.pseudo_image(state["query"])  # exactly what the turn searched
+        image = engine.pseudo_image(query)  # exactly what the turn searched
         return shown(image) if image is not None else gr.skip()
 
     def choose_fusion(name: str, state: dict):
@@ -234,8 +239,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
 
     with gr.Blocks(title="itir — interactive image search", delete_cache=delete_cache) as demo:
         gr.Markdown(f"# itir\n{INTRO}")
-        # A callable: every session gets a fresh state, with a key of its own.
-        state = gr.State(empty_state, delete_callback=sessions.forget)
+        state = gr.State(empty_state())  # each session gets its own deep copy
         with gr.Row():
             with gr.Column(scale=5):
                 chat = gr.Chatbot(label="Dialog", height=420)
