@@ -166,7 +166,7 @@ def cmd_world_build(args: argparse.Namespace) -> int:
     from world.build import build_split
 
     out = build_split(args.n, args.split, args.out, size=args.size, first=args.first,
-                      wrong_answers=args.wrong_answers)
+                      wrong_answers=args.wrong_answers, preamble=args.preamble)
     print(f"wrote {args.split} scenes {args.first}..{args.first + args.n - 1} to {out} "
           "(scenes.jsonl, dialogs.json, corpus.json)")
     return 0
@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--size", type=positive_int, default=128)
     wb.add_argument("--wrong-answers", type=float, default=0.0, metavar="FRACTION",
                     help="answer falsely this often (a robustness control), e.g. 0.2")
+    wb.add_argument("--preamble", default="", metavar="TEXT",
+                    help="start every dialog's first message with TEXT (a control for "
+                         "dialogs past the text encoder's window)")
     wb.set_defaults(func=cmd_world_build)
     wd = w.add_parser("domain", help="render scenes of one image domain with captions "
                                      "(the input of `itir domain add`)")

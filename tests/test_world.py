@@ -207,3 +207,16 @@ def test_wrong_answers_change_only_answers_and_only_when_asked_for():
     assert 2 <= changed <= 8
     assert all(make_dialog(sample_scene(i), wrong=1.0)[1:] != make_dialog(sample_scene(i))[1:]
                for i in range(20))
+
+
+def test_a_preamble_opens_every_first_message_and_changes_nothing_else(tmp_path):
+    import json
+
+    from world.build import build_split
+    plain = json.loads((build_split(3, "test", tmp_path / "a", size=16) / "dialogs.json")
+                       .read_text())
+    long = json.loads((build_split(3, "test", tmp_path / "b", size=16,
+                                   preamble="  I saw it once. ") / "dialogs.json").read_text())
+    assert [d["dialog"][0] for d in long] == [f"I saw it once. {d['dialog'][0]}"
+                                             for d in plain]
+    assert [d["dialog"][1:] for d in long] == [d["dialog"][1:] for d in plain]

@@ -36,11 +36,14 @@ _IMAGE_NAME = re.compile(rf"({'|'.join(SPLITS)})-\d{{6,}}\.png")
 
 def build_split(n: int, split: str, out: str | Path, size: int = 128,
                 progress: Callable[[int, int], None] | None = None, first: int = 0,
-                wrong_answers: float = 0.0) -> Path:
+                wrong_answers: float = 0.0, preamble: str = "") -> Path:
     """Render scenes `first`..`first+n-1` of `split` into `out`, replacing an earlier build.
 
     `out` must be new, empty or an earlier world build. Images keep the scene's index in the
     split (images/test-000120.png is scene 120). `progress(done, n)` is called per scene.
+    `wrong_answers`: the chance that an answer is false; `preamble`: words every dialog's
+    first message starts with (a person who writes a long first message: a robustness
+    control that pushes late rounds past a text encoder's window).
     """
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
@@ -56,7 +59,8 @@ def build_split(n: int, split: str, out: str | Path, size: int = 128,
     # `out` itself in place: its permissions, a symlink to it, a shell sitting in it.
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
-        _write_split(staging, range(first, first + n), split, size, progress, wrong_answers)
+        _write_split(staging, range(first, first + n), split, size, progress, wrong_answers,
+                     preamble.strip())
         _move_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # and with it the earlier images
@@ -98,16 +102,19 @@ def _foreign_entries(out: Path) -> list[str]:
 
 
 def _write_split(folder: Path, indices: range, split: str, size: int,
-                 progress: Callable[[int, int], None] | None, wrong: float = 0.0) -> None:
+                 progress: Callable[[int, int], None] | None, wrong: float = 0.0,
+                 preamble: str = "") -> None:
     (folder / "images").mkdir()
     records = []
     for done, i in enumerate(tqdm(indices, desc=f"world {split}", unit="scene"), 1):
         scene = sample_scene(split_seed(split, i))
         rel = f"images/{split}-{i:06d}.png"
         render(scene, size).save(folder / rel)
+        dialog = make_dialog(scene, wrong=wrong)
+        if preamble:
+            dialog[0] = f"{preamble} {dialog[0]}"
         records.append({"img": rel, "seed": scene.seed, "scene": scene.to_dict(),
-                        "caption": full_caption(scene),
-                        "dialog": make_dialog(scene, wrong=wrong)})
+                        "caption": full_caption(scene), "dialog": dialog})
         if progress:
             progress(done, len(indices))
     (folder / "dialogs.json").write_text(json.dumps(
