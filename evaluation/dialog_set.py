@@ -191,6 +191,7 @@ def embed_queries(ds: DialogSet, encoder, cache: Path) -> np.ndarray:
 # Pseudo-images at most this many pixels on a side are kept on disk (the world's 32x32 take
 # 3 KB each); a hub generator's 512x512 would take gigabytes per benchmark.
 KEEP_PIXELS_UP_TO = 64
+DRAW_BATCH = 64  # images per generator call while drawing a benchmark's pseudo-images
 
 
 def _drawing(generator) -> tuple:
@@ -215,8 +216,11 @@ def draw_pseudo_images(ds: DialogSet, generator, k: int, seed: int, cache: Path,
             return np.load(path)[: b - a]
         stop = min(a + chunk, ds.total) if keep else b  # kept chunks are whole, as `chunked`'s
         prompts, images = queries[a * rounds:stop * rounds], []
-        for i in range(0, len(prompts), 64):  # one generator call per 64 prompts
-            images += generator.generate(prompts[i:i + 64], seed=seed, n=k)
+        # About 64 images per generator call: the world generator draws 6-7 images a second
+        # on two cores in batches of 16-64, but under 3 in one of 256 (k = 4 x 64 prompts).
+        step = max(1, DRAW_BATCH // k)
+        for i in range(0, len(prompts), step):
+            images += generator.generate(prompts[i:i + step], seed=seed, n=k)
         pixels = np.stack([np.asarray(im.convert("RGB")) for im in images])
         pixels = pixels.reshape(stop - a, rounds, k, *pixels.shape[1:])
         if keep:

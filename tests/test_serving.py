@@ -74,6 +74,32 @@ def test_thumbnails_are_served_in_place_and_made_once(many_folders_app):
     assert not {f for files in demo.temp_file_sets for f in files} & set(map(str, made))
 
 
+def test_gradio_hands_concurrent_events_of_one_session_the_same_state_object():
+    # What the UI's per-session lock rests on (ui/chat.py, SessionLocks): if a Gradio
+    # upgrade starts copying state per event, this fails instead of turns getting lost.
+    import threading
+
+    import gradio as gr
+    seen, both = [], threading.Barrier(2, timeout=30)
+
+    def event(state: dict) -> dict:
+        seen.append(id(state))
+        both.wait()  # the two events of the session run at the same time
+        return state
+    with gr.Blocks() as demo:
+        state = gr.State({"turns": []})
+        gr.Button().click(event, [state], [state], api_name="event", concurrency_limit=2)
+    _, url, _ = demo.launch(prevent_thread_lock=True)
+    try:
+        client = Client(url, verbose=False)
+        jobs = [client.submit(api_name="/event") for _ in range(2)]
+        for job in jobs:
+            job.result(timeout=60)
+    finally:
+        demo.close()
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
 def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):
     profile = tmp_path / "broken.toml"
     profile.write_text(f'name = "broken"\n[encoder]\nkind = "world"\n'
