@@ -193,7 +193,7 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
         raise ValueError("--k compares numbers of pseudo-images, but none of the methods "
                          "uses one: add image, dar, add or adafuse")
     emb = embed_dialog_set(ds, models.encoder, models.generator if drawing else None,
-                           k=max(k, *also_k), seed=profile.generator.seed)
+                           k=max((k, *also_k)), seed=profile.generator.seed)
     result = {"dialog_file": str(dialogs_file), "encoder": models.encoder.identity,
               **compare(emb, resolved, k)}
     if also_k:
