@@ -201,6 +201,9 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
                           for j in sorted({k, *also_k})}
     if drawing:
         result["generator"] = models.generator.identity
+        result["drawing"] = {"steps": models.generator.steps,
+                             "guidance": models.generator.guidance,
+                             "seed": profile.generator.seed}
         result["controls"] = {c: compare(emb, resolved, k, controlled_images(emb, c, k))
                               ["methods"] for c in controls}
     return result

@@ -14,7 +14,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
 
 from retrieval.device import offline_kwargs
 
@@ -42,6 +41,11 @@ class TextTower(torch.nn.Module):
         # the offline package when that is installed; any other name or folder as it is.
         self.location = (minilm_location() if location in (None, MINILM_HUB_ID)
                          else location)
+        # transformers is imported here, not with this module: its import (~2-3 s on two
+        # slow cores) would otherwise come before a hub profile's offline check
+        # (`check_reachable`), which must fail in seconds.
+        from transformers import AutoModel, AutoTokenizer
+
         try:
             offline = offline_kwargs(self.location)
             self.tokenizer = AutoTokenizer.from_pretrained(self.location, **offline)

@@ -203,6 +203,12 @@ def world_app(pytestconfig):
 
 
 @pytest.fixture(scope="session")
+def world_app_log(world_app, pytestconfig) -> Path:
+    """The server log of `world_app` (stdout and stderr)."""
+    return pytestconfig.stash[SERVER][2]
+
+
+@pytest.fixture(scope="session")
 def tiny_world_pipeline(tmp_path_factory, text_tower):
     """A random tiny world pipeline, and the folder it was saved to with save_pretrained."""
     from generation.world_layout import WorldLayoutParser

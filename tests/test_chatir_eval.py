@@ -140,6 +140,7 @@ def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys)
     assert "| dar |" in table and "control shuffled" in table
     result = json.loads(out.read_text())
     assert result["dialogs"] == 3 and result["corpus"] == 12
+    assert result["drawing"] == {"steps": 2, "guidance": 3.0, "seed": 0}  # what drew them
     for name in ("text", "image", "dar", "add"):
         m = result["methods"][name]
         assert all(len(m[f"hits@{k}"]) == 11 for k in (1, 5, 10))

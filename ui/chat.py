@@ -38,6 +38,12 @@ def as_text(text: str) -> str:
     return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False))
 
 
+def refused(reason: str) -> gr.Error:
+    """A request the app turns down (an empty message, no result selected): the person and
+    API clients get the reason; the server's log is for the app's own failures, so no trace."""
+    return gr.Error(reason, print_exception=False)
+
+
 def _reply(result: TurnResult) -> str:
     lines = [f"Round {result.round + 1}: searched for *{as_text(result.query)}*."]
     if result.hits:
@@ -170,7 +176,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         try:
             result, said = run(session)
         except ValueError as e:  # bad input: an error API clients see too; nothing is lost
-            raise gr.Error(str(e)) from None
+            raise refused(str(e)) from None
         history = [*state["history"], *([{"role": "user", "content": as_text(said)}]
                                         if said else [])]
         if result is None:  # "this is it"
@@ -200,8 +206,8 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         def pick():
             i = int(index) - 1
             if not 0 <= i < len(state["hits"]):
-                raise gr.Error(f"there is no result #{int(index)} on screen "
-                               f"({len(state['hits'])} shown)")
+                raise refused(f"there is no result #{int(index)} on screen "
+                              f"({len(state['hits'])} shown)")
             return render({**state, "selected": i}, None)
         return sessions.exclusive(state, pick)
 
@@ -210,7 +216,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
 
         def click(state: dict):
             if state["selected"] is None or state["selected"] >= len(state["hits"]):
-                raise gr.Error("Select a result first (click a picture in the gallery).")
+                raise refused("Select a result first (click a picture in the gallery).")
             path = state["hits"][state["selected"]][0]
             return turn(state, lambda s: (s.click(path, kind), f"{said}: {Path(path).name}"))
 
