@@ -22,7 +22,8 @@ from engine.questioner import Asked, Questioner
 from engine.recorder import Recorder
 from engine.session import SearchSession
 from fusion import BUILT_IN, Fusion, TextOnly
-from generation.base import GenerationError, Generator
+from generation.base import Generator
+from generation.spec import GenerationError
 from retrieval.encoders import Encoder
 from retrieval.index import IndexMismatchError, VectorIndex
 

@@ -14,14 +14,17 @@ from pathlib import Path
 from engine.engine import Engine, embedding_space
 from engine.model_thread import model_thread
 from engine.paths import assets_dir, home
+from engine.preflight import check_models_reachable
 from engine.profile import Profile
 from engine.questioner import Questioner, load_bank
 from engine.recorder import Recorder
 from fusion import Fusion, TextOnly, load_fusion
 from fusion.factory import AUTO, find_checkpoint
 from generation import factory as generation
+from generation import spec as generation_spec
 from generation.base import Generator
 from retrieval import factory as retrieval
+from retrieval import spec as retrieval_spec
 from retrieval.encoders import Encoder
 from retrieval.gallery import IMAGE_SUFFIXES
 from retrieval.index import IndexMismatchError, VectorIndex
@@ -40,10 +43,11 @@ def load_models(profile: Profile, with_encoder: bool = True,
                 with_generator: bool = True) -> Models:
     """The profile's encoder and/or generator, sharing one text tower where both read it."""
     enc, gen = profile.encoder_spec, profile.generator_spec
-    device = profile.torch_device
     with_generator = with_generator and gen.kind != "none"
-    shared = ((with_encoder and retrieval.needs_text_tower(enc))
-              or (with_generator and generation.needs_text_tower(gen)))
+    check_models_reachable(profile, with_encoder, with_generator)
+    device = profile.torch_device
+    shared = ((with_encoder and retrieval_spec.needs_text_tower(enc))
+              or (with_generator and generation_spec.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
     encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec)
                if with_encoder else None)

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from engine.paths import assets_dir, home, profiles_dir
 from fusion.factory import AUTO, BUILT_IN
-from generation.factory import GeneratorSpec
+from generation.spec import GeneratorSpec
 from retrieval.device import DTYPES, resolve_dtype
-from retrieval.domain_store import DomainSpec
-from retrieval.factory import EncoderSpec
+from retrieval.spec import DomainSpec, EncoderSpec
 from world.render import RENDER_VERSION
 
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed

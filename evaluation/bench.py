@@ -312,6 +312,34 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}
 
 
+def bench_fusion(fusion, encoder, calls: int = 500, batch: int = 8) -> dict:
+    """What the fusion adds to a turn: `calls` fusions of one query (a turn's) and of `batch`
+    queries (concurrent turns batched), on random unit vectors of the encoder's dimension,
+    and the head's size against the frozen encoders' (issue 8's budget: 7%)."""
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, encoder.dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    timings = {}
+    for n in (1, batch):
+        t, g, rounds = unit(n), unit(n), np.arange(n) % 11
+        for _ in range(50):  # warm caches and lazy initialisation
+            fusion(t, g, rounds)
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fusion(t, g, rounds)
+            seconds.append(time.perf_counter() - start)
+        timings[f"batch_{n}"] = percentiles_ms(seconds)
+    weights = getattr(fusion, "weights", {})
+    params = int(sum(np.size(w) for w in weights.values()))
+    return {"fusion": fusion.name, "encoder": encoder.identity, **timings,
+            "fusion_parameters": params, "encoder_parameters": encoder.num_parameters,
+            "fusion_share_percent": round(100 * params / encoder.num_parameters, 2)}
+
+
 def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
                       download_files: bool = False) -> dict:
     """Turn latency seen by `gradio_client` users of a running app: one session alone, then

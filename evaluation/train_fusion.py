@@ -14,7 +14,7 @@ import numpy as np
 
 from evaluation.chatir import compare
 from evaluation.dialog_set import DialogEmbeddings
-from fusion.adafuse import ADaFuSE, ADaFuSEConfig, ADaFuSEHead
+from fusion.adafuse import ADaFuSE, ADaFuSEConfig, parameter_count
 from fusion.train_adafuse import TEXT_HINGE, FusionTrainConfig, train_adafuse
 
 
@@ -102,7 +102,7 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
     out = Path(out)
     fusion.save_pretrained(out)
     val = compare(val_emb, {"adafuse": fusion, "text": TextOnly(), "dar": DAR()})["methods"]
-    params = ADaFuSEHead.count(model_cfg)
+    params = parameter_count(model_cfg)
     write_model_card(
         out / "README.md", MODEL_CARD, metadata=CARD_METADATA,
         command=(f"itir train-fusion --profile {profile.name} --dialogs {train_file} "

@@ -8,8 +8,13 @@ the pseudo-image.
     q      = normalize(lambda * t + (1 - lambda) * g + r)
 
 as DESIGN.md ("Fusion") gives it. The gate interpolates between the two inputs and the experts
-add a residual correction; with dense routing there is no top-k and no balancing loss. The
-head owns its logit scale (initialised to ln 50, temperature 0.02) as the authors' code does.
+add a residual correction; with dense routing there is no top-k and no balancing loss.
+
+This module is inference, in NumPy: the head is a few small matrix products per query, and on
+some processors torch's per-operation overhead made it cost 3 ms where these products take a
+fraction of one. The gate's, the experts' and the router's first layers read the same `h`, so
+they run as one product. Training uses the torch module with the same parameter names
+(fusion/adafuse_head.py); tests/test_adafuse.py checks that the two agree.
 
 A checkpoint is a folder: fusion_config.json (kind, sizes, and the identity and dimension of
 the encoder whose space it fuses) + model.safetensors. It only makes sense in that encoder's
@@ -23,10 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.numpy import load_file, save_file
 
 from fusion.base import CONFIG_NAME, Fused, Fusion, check_inputs, read_config
 
@@ -45,7 +47,7 @@ class ADaFuSEConfig:
     hidden: int = 512  # H
     experts: int = 4  # E
     dropout: float = 0.2
-    logit_scale: float = math.log(50.0)
+    logit_scale: float = math.log(50.0)  # the head's own temperature, as the authors' code
     gate_bias: float | None = None  # None: PyTorch's default init; 2.0: start at lambda 0.88
     zero_residual: bool = False  # start with r = 0
     encoder: str = ""  # identity of the encoder whose embeddings the head fuses
@@ -58,69 +60,94 @@ class ADaFuSEConfig:
         paper's P = 512, H = 2048 (BLIP); the world's ~24M-parameter encoders get the second."""
         for proj, hidden in ((2 * dim, 8 * dim), (dim, 2 * dim), (dim // 2, dim)):
             cfg = cls(dim=dim, proj=proj, hidden=hidden, encoder=encoder, **overrides)
-            if ADaFuSEHead.count(cfg) <= BUDGET * encoder_parameters:
+            if parameter_count(cfg) <= BUDGET * encoder_parameters:
                 return cfg
         return cfg  # the smallest shape, even if over budget: the card reports the ratio
 
 
-class ADaFuSEHead(nn.Module):
-    def __init__(self, cfg: ADaFuSEConfig):
-        super().__init__()
-        self.cfg = cfg
-        d, p, h, e = cfg.dim, cfg.proj, cfg.hidden, cfg.experts
-        drop = nn.Dropout(cfg.dropout)  # stateless, so one module serves every site
-        self.text_proj = nn.Sequential(nn.Linear(d, p), nn.GELU(), drop)
-        self.image_proj = nn.Sequential(nn.Linear(d, p), nn.GELU(), drop)
-        self.gate = nn.Sequential(nn.Linear(2 * p, h), nn.GELU(), drop, nn.Linear(h, 1))
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(2 * p, h), nn.GELU(), drop)
-                                     for _ in range(e))
-        self.router = nn.Sequential(nn.Linear(2 * p, h // 4), nn.GELU(), nn.Linear(h // 4, e))
-        self.out = nn.Sequential(nn.Linear(h, d), drop)
-        self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale))
-        # Optionally start as (nearly) the text alone, so that what training changes is
-        # where the pseudo-image earns its weight (see fusion/train_adafuse.py).
-        if cfg.gate_bias is not None:
-            nn.init.zeros_(self.gate[-1].weight)
-            nn.init.constant_(self.gate[-1].bias, cfg.gate_bias)
-        if cfg.zero_residual:
-            nn.init.zeros_(self.out[0].weight)
-            nn.init.zeros_(self.out[0].bias)
+def parameter_shapes(cfg: ADaFuSEConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight of a head with `cfg`, by the name torch's module gives it ([out, in])."""
+    d, p, h, e = cfg.dim, cfg.proj, cfg.hidden, cfg.experts
+    linear = lambda name, n_in, n_out: {f"{name}.weight": (n_out, n_in),  # noqa: E731
+                                        f"{name}.bias": (n_out,)}
+    shapes = {**linear("text_proj.0", d, p), **linear("image_proj.0", d, p),
+              **linear("gate.0", 2 * p, h), **linear("gate.3", h, 1),
+              **linear("router.0", 2 * p, h // 4), **linear("router.2", h // 4, e),
+              **linear("out.0", h, d), "logit_scale": ()}
+    for k in range(e):
+        shapes.update(linear(f"experts.{k}.0", 2 * p, h))
+    return shapes
 
-    @staticmethod
-    def count(cfg: ADaFuSEConfig) -> int:
-        """Parameters of a head with `cfg` (without building it)."""
-        d, p, h, e = cfg.dim, cfg.proj, cfg.hidden, cfg.experts
-        linear = lambda a, b: a * b + b  # noqa: E731
-        return (2 * linear(d, p) + linear(2 * p, h) + linear(h, 1) + e * linear(2 * p, h)
-                + linear(2 * p, h // 4) + linear(h // 4, e) + linear(h, d) + 1)
 
-    def forward(self, t: torch.Tensor, g: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q [B, D] unit-norm, lambda [B], expert weights [B, E])."""
-        h = torch.cat([self.text_proj(t), self.image_proj(g)], dim=-1)
-        lam = torch.sigmoid(self.gate(h)).squeeze(-1)
-        weights = self.router(h).softmax(-1)
-        mixed = torch.einsum("be,beh->bh", weights, torch.stack([x(h) for x in self.experts], 1))
-        q = lam[:, None] * t + (1 - lam[:, None]) * g + self.out(mixed)
-        return F.normalize(q, dim=-1), lam, weights
+def parameter_count(cfg: ADaFuSEConfig) -> int:
+    return sum(math.prod(shape) for shape in parameter_shapes(cfg).values())
+
+
+ERF_COEFFICIENTS = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, x * Phi(x), as torch's default. NumPy has no erf, so erf is Abramowitz &
+    Stegun 7.1.26 (absolute error below 1.5e-7, under float32's own rounding here). In place
+    where it can be: at one query per call, each NumPy operation costs more than its math."""
+    z = np.abs(x)
+    z *= 1 / math.sqrt(2)
+    s = z * 0.3275911
+    s += 1
+    np.reciprocal(s, out=s)
+    tail = s * ERF_COEFFICIENTS[0]  # Horner: s * (a1 + s * (a2 + ... + s * a5))
+    for c in ERF_COEFFICIENTS[1:]:
+        tail += c
+        tail *= s
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    tail *= np.exp(z, out=z)  # 1 - erf(|x| / sqrt 2)
+    tail *= x
+    tail *= 0.5
+    return np.where(x >= 0, x - tail, tail)
 
 
 class ADaFuSE(Fusion):
-    """The trained head behind the fusion interface (inference: eval mode, no grad, CPU)."""
+    """The trained head behind the fusion interface (inference only, CPU, NumPy)."""
 
     kind, uses_image = "adafuse", True
 
-    def __init__(self, head: ADaFuSEHead, name: str = "adafuse"):
-        self.head = head.eval()
-        self._name = name
+    def __init__(self, cfg: ADaFuSEConfig, weights: dict[str, np.ndarray],
+                 name: str = "adafuse"):
+        shapes = parameter_shapes(cfg)
+        wrong = {k: np.shape(weights.get(k)) for k in shapes
+                 if k not in weights or np.shape(weights[k]) != shapes[k]}
+        if wrong or set(weights) - set(shapes):
+            raise ValueError(f"ADaFuSE weights do not fit {cfg}: missing or misshapen "
+                             f"{sorted(wrong)[:4]}, unexpected "
+                             f"{sorted(set(weights) - set(shapes))[:4]}")
+        self.cfg, self._name = cfg, name
+        self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        w = self.weights
+        t = lambda name: np.ascontiguousarray(w[f"{name}.weight"].T)  # noqa: E731 ([in, out])
+        e = cfg.experts
+        # [t; g] @ [[W_t, 0], [0, W_g]]: both input projections in one product and one GELU.
+        d, p = cfg.dim, cfg.proj
+        both = np.zeros((2 * d, 2 * p), np.float32)
+        both[:d, :p], both[d:, p:] = t("text_proj.0"), t("image_proj.0")
+        self._inputs = both, np.concatenate([w["text_proj.0.bias"], w["image_proj.0.bias"]])
+        # One product for the three first layers that read h: gate | experts 0..E-1 | router.
+        firsts = ["gate.0", *(f"experts.{k}.0" for k in range(e)), "router.0"]
+        self._first = (np.concatenate([t(n) for n in firsts], 1),
+                       np.concatenate([w[f"{n}.bias"] for n in firsts]))
+        self._gate = t("gate.3"), w["gate.3.bias"]
+        self._router = t("router.2"), w["router.2.bias"]
+        self._out = t("out.0"), w["out.0.bias"]
+
+    @classmethod
+    def from_head(cls, head, name: str = "adafuse") -> ADaFuSE:
+        """From the torch module being trained (fusion/adafuse_head.py), weights copied."""
+        return cls(head.cfg, {k: v.detach().float().cpu().numpy()
+                              for k, v in head.state_dict().items()}, name)
 
     @property
     def name(self) -> str:
         return self._name
-
-    @property
-    def cfg(self) -> ADaFuSEConfig:
-        return self.head.cfg
 
     def check_encoder(self, identity: str, dim: int) -> None:
         if dim != self.cfg.dim or (self.cfg.encoder and identity != self.cfg.encoder):
@@ -130,19 +157,30 @@ class ADaFuSE(Fusion):
                 "checkpoint trained for this encoder (`itir train-fusion`) or a built-in "
                 "fusion (text, dar, add)")
 
-    @torch.no_grad()
     def __call__(self, t, g, rounds) -> Fused:
         t, rounds = check_inputs(t, g, rounds)
-        q, lam, weights = self.head(torch.from_numpy(t), torch.from_numpy(
-            np.asarray(g, np.float32)))
-        return Fused(q.numpy(), {"lambda": lam.numpy(), "experts": weights.numpy()})
+        g = np.asarray(g, np.float32)
+        linear = lambda x, wb: x @ wb[0] + wb[1]  # noqa: E731
+        hid = self.cfg.hidden
+        h = gelu(linear(np.concatenate([t, g], 1), self._inputs))
+        first = gelu(linear(h, self._first))  # every first layer is followed by a GELU
+        gate_h, router_h = first[:, :hid], first[:, -(hid // 4):]
+        expert_h = first[:, hid:-(hid // 4)].reshape(len(t), self.cfg.experts, hid)
+        lam = 1 / (1 + np.exp(-linear(gate_h, self._gate)))  # [B, 1]
+        logits = linear(router_h, self._router)
+        weights = np.exp(logits - logits.max(1, keepdims=True))
+        weights /= weights.sum(1, keepdims=True)
+        q = linear((weights[:, None, :] @ expert_h)[:, 0], self._out)  # the residual r
+        q += g + lam * (t - g)
+        q /= np.maximum(np.sqrt(np.square(q).sum(1, keepdims=True)), 1e-12)
+        return Fused(q, {"lambda": lam[:, 0], "experts": weights})
 
     def config(self) -> dict:
         return asdict(self.cfg)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         folder = super().save_pretrained(folder)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()},
+        save_file({k: np.asarray(v, order="C") for k, v in self.weights.items()},
                   str(folder / WEIGHTS_NAME))
         return folder
 
@@ -156,11 +194,9 @@ class ADaFuSE(Fusion):
             raise FileNotFoundError(f"the ADaFuSE checkpoint at {folder} has {CONFIG_NAME} "
                                     f"but no {WEIGHTS_NAME}; copy the whole folder")
         try:
-            head = ADaFuSEHead(ADaFuSEConfig(**config))
-            head.load_state_dict(load_file(str(weights)))
+            return cls(ADaFuSEConfig(**config), load_file(str(weights)),
+                       name=f"adafuse:{folder.name}")
         except Exception as e:  # unknown keys, wrong shapes, a damaged file: one message
             raise ValueError(f"the ADaFuSE checkpoint at {folder} could not be loaded "
                              f"({' '.join(str(e).split())[:200]}); train it again with "
                              "`itir train-fusion`") from e
-        return cls(head, name=f"adafuse:{folder.name}")
-

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusion.adafuse import ADaFuSE, ADaFuSEConfig, ADaFuSEHead
+from fusion.adafuse import ADaFuSE, ADaFuSEConfig
+from fusion.adafuse_head import ADaFuSEHead
 from training.loop import TrainConfig, train
 from training.losses import symmetric_infonce
 
@@ -107,7 +108,7 @@ def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,
     best: dict = {"score": -math.inf}
 
     def evaluate(model: ADaFuSEHead, step: int) -> dict:
-        score, details = validate(ADaFuSE(model))
+        score, details = validate(model.fusion())
         if score > best["score"]:
             best.update(score=score, step=step, details=details,
                         state=copy.deepcopy(model.state_dict()))
@@ -118,4 +119,4 @@ def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,
                 out, resume=resume, evaluate=evaluate, desc="train ADaFuSE")
     if "state" in best:
         head.load_state_dict(best.pop("state"))
-    return ADaFuSE(head.eval()), log, best
+    return head.fusion(), log, best

@@ -14,9 +14,7 @@ from collections import OrderedDict
 import torch
 from PIL import Image
 
-
-class GenerationError(RuntimeError):
-    """A generator could not be built or run; the message says what to do."""
+from generation.spec import GenerationError
 
 
 def check_prompts(prompts: list[str]) -> list[str]:

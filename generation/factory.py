@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from generation.base import Generator
+from generation.spec import GENERATOR_KINDS, GeneratorSpec
 from retrieval.text_tower import TextTower
-
-GENERATOR_KINDS = ("world", "hub", "none")
-
-
-@dataclass(frozen=True)
-class GeneratorSpec:
-    kind: str = "world"  # world | hub | none
-    location: str = "assets/world-generator"  # pipeline folder or hub id
-    steps: int = 8
-    guidance: float = 3.0
-    seed: int = 0
-    samples: int = 1  # K pseudo-images per turn (one batched call); g = their mean embedding
-    batch_size: int = 8  # the most queries concurrent turns draw in one call of the model
-    size: int | None = None  # hub pipelines only; None = the model's default
-
-
-def needs_text_tower(spec: GeneratorSpec) -> bool:
-    return spec.kind == "world"
 
 
 def load_generator(spec: GeneratorSpec, device: str = "cpu",

@@ -7,13 +7,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from generation.base import GenerationError, Generator
-from retrieval.device import gpu_decorated, offline_kwargs
-
-
-def _looks_like_path(location: str) -> bool:
-    return location.startswith((".", "/", "~")) or Path(location).expanduser().exists() \
-        or location.count("/") > 1
+from generation.base import Generator
+from generation.spec import GenerationError
+from retrieval.device import gpu_decorated, looks_like_path, missing_model, offline_kwargs
 
 
 class HubGenerator(Generator):
@@ -23,20 +19,18 @@ class HubGenerator(Generator):
         from diffusers import AutoPipelineForText2Image
 
         super().__init__(cache_size)
-        if _looks_like_path(location) and not Path(location).expanduser().exists():
+        if looks_like_path(location) and not Path(location).expanduser().exists():
             raise GenerationError(f"generator folder {location} does not exist; give a folder "
                                   "saved with `pipeline.save_pretrained` or a hub id")
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
-                str(Path(location).expanduser()) if _looks_like_path(location) else location,
+                str(Path(location).expanduser()) if looks_like_path(location) else location,
                 dtype=getattr(torch, dtype),  # the profile's (retrieval.device)
                 **offline_kwargs(location))
         except (OSError, ValueError) as e:
-            raise GenerationError(
-                f"could not load text-to-image model {location!r}: {str(e).splitlines()[0]}. "
-                "Offline, download it on a connected machine (`hf download "
-                f"{location} --local-dir DIR`) and set the profile's generator.location = DIR"
-            ) from e
+            raise GenerationError(missing_model("text-to-image model", location,
+                                                "generator.location", str(e).splitlines()[0])
+                                  ) from e
         self.pipe.to(device)
         if getattr(self.pipe, "safety_checker", None) is not None:
             # Pseudo-images are queries, never shown as results; a blacked-out one is useless.

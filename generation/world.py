@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from generation.base import GenerationError, Generator
+from generation.base import Generator
+from generation.spec import GenerationError
 from generation.world_pipeline import WorldGeneratorPipeline
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest

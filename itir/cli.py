@@ -14,10 +14,17 @@ DOMAIN_NAMES = ("flat", "outline", "textured", "noisy", "sketch", "pixelated", "
                 "blurred")
 
 
-def _profile(args: argparse.Namespace):
+def _profile(args: argparse.Namespace, hub_check: tuple[str, ...] = ()):
+    """The profile named by --profile, --set and --index. The hub models of `hub_check`
+    ("encoder", "generator") are checked at once (engine/preflight.py): a command that is
+    going to load them calls this before it imports the model libraries."""
+    from engine.preflight import check_models_reachable
     from engine.profile import load_profile
 
-    return load_profile(args.profile, args.set).with_overrides(index=getattr(args, "index", None))
+    profile = load_profile(args.profile, args.set).with_overrides(
+        index=getattr(args, "index", None))
+    check_models_reachable(profile, "encoder" in hub_check, "generator" in hub_check)
+    return profile
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
@@ -226,13 +233,11 @@ def cmd_domain(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    profile = _profile(args, hub_check=("encoder",))
     from engine.factory import load_models
     from retrieval.index import VectorIndex
     from retrieval.ingest import index_folder
 
-    profile = _profile(args)
     path = profile.index_path
     if profile.world_gallery and args.index is None:
         raise ValueError(
@@ -261,7 +266,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from dialog import check_message
-    from engine.factory import build_engine
+    from engine.preflight import check_models_reachable, draws_pseudo_images
     from retrieval.gallery import load_image
 
     if not args.text and not args.image:
@@ -270,7 +275,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     images = [(path, load_image(path)) for path in args.image]  # fail before models load
     # A terminal shows no pseudo-image: draw one only when the fusion searches with it.
     profile = _profile(args).with_overrides(show_pseudo_image=False)
-    engine = build_engine(profile, with_generator=not args.text_only and bool(texts))
+    with_generator = not args.text_only and bool(texts)
+    check_models_reachable(profile, True, with_generator and draws_pseudo_images(profile))
+    from engine.factory import build_engine
+
+    engine = build_engine(profile, with_generator=with_generator)
     results = []
     for text in texts:
         result = engine.search(text, round_=args.round, k=args.k)
@@ -294,11 +303,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    profile = _profile(args, hub_check=("generator",))
     from engine.factory import load_models
 
-    generator = load_models(_profile(args), with_encoder=False).generator
+    generator = load_models(profile, with_encoder=False).generator
     if generator is None:
         raise ValueError(f"profile {args.profile!r} has no generator")
     images = generator.generate(args.prompts, seed=args.seed, n=args.n)
@@ -342,6 +350,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_continual(out, quick=args.quick, test_first=args.first)
     elif args.what == "turn":
         result = bench.bench_turns(build_engine(_profile(args)))
+    elif args.what == "fusion":
+        from engine.engine import embedding_space
+        from engine.factory import auto_fusion
+        from fusion import load_fusion
+
+        profile = _profile(args)
+        encoder = load_models(profile, with_generator=False).encoder
+        fusion = (auto_fusion(encoder, profile.fusion_fallback) if profile.fusion == "auto"
+                  else load_fusion(profile.fusion_location))
+        fusion.check_encoder(embedding_space(encoder), encoder.dim)
+        result = bench.bench_fusion(fusion, encoder)
     else:
         models = load_models(_profile(args), with_generator=args.what == "generator")
         if args.what == "encoder":
@@ -513,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     ge.set_defaults(func=cmd_generate)
 
     be = with_profile(sub.add_parser("bench", help="measure; results go to docs/bench/"))
-    be.add_argument("what", choices=["encoder", "index", "generator", "turn", "coldstart",
-                                     "resume", "concurrency", "continual"])
+    be.add_argument("what", choices=["encoder", "index", "generator", "turn", "fusion",
+                                     "coldstart", "resume", "concurrency", "continual"])
     be.add_argument("--out", default=None,
                     help="continual: run folder for data and models (resumable)")
     be.add_argument("--quick", action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from generation.base import GenerationError
+from generation.spec import GenerationError
 
 # Bad input, missing files or models, an index from another encoder: the message says what
 # to do. Anything else is a bug and keeps its traceback.

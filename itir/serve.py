@@ -6,13 +6,14 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from engine.engine import Engine
-from engine.factory import build_engine
+from engine.preflight import check_models_reachable, draws_pseudo_images
 from engine.profile import Profile, load_profile
 from itir.errors import run_explained
 
 if TYPE_CHECKING:
     import gradio as gr
+
+    from engine.engine import Engine
 
 
 def build_app(profile: Profile | str | None = None, overrides: tuple[str, ...] = (),
@@ -20,10 +21,13 @@ def build_app(profile: Profile | str | None = None, overrides: tuple[str, ...] =
     """The Gradio app and its engine; the profile defaults to $ITIR_PROFILE, else `world`."""
     if not isinstance(profile, Profile):
         profile = load_profile(profile or os.environ.get("ITIR_PROFILE", "world"), overrides)
+    # Torch, the model libraries and Gradio take seconds to import on two cores: a hub model
+    # that cannot be had is refused before them, the engine's models load before Gradio.
+    check_models_reachable(profile, generator=draws_pseudo_images(profile))
     print(f"itir: {profile.describe()}", file=sys.stderr)
+    from engine.factory import build_engine
+
     engine = build_engine(profile)
-    # Gradio is imported once the models are loaded (~5 s of imports on two cores): a
-    # profile whose model is missing fails in seconds instead of after them.
     from ui.chat import build_ui
 
     return build_ui(engine), engine

@@ -62,10 +62,32 @@ def offline_kwargs(location: str) -> dict:
     return {} if hub_reachable() else {"local_files_only": True}
 
 
+def looks_like_path(location: str) -> bool:
+    """A folder rather than a hub id ("owner/name")."""
+    return (location.startswith((".", "/", "~")) or Path(location).expanduser().exists()
+            or location.count("/") > 1)
+
+
+def missing_model(what: str, location: str, setting: str, reason: str) -> str:
+    """The one message for a model that would not load: which, why, and the local-copy fix."""
+    if looks_like_path(location):
+        return (f"could not load {what} from {location}: {reason.rstrip('.')}. Point the "
+                f"profile's {setting} at the folder the model was saved or downloaded to "
+                f"(`--set {setting}=DIR`), or at its hub id.")
+    return (f"could not load {what} {location!r}: {reason.rstrip('.')}. Offline, download it "
+            f"on a connected machine (`hf download {location} --local-dir DIR`) and set the "
+            f"profile's {setting} = DIR (or `--set {setting}=DIR`).")
+
+
 def check_reachable(location: str, marker: str = "config.json") -> None:
     """Refuse, before any model library is imported, a hub id that is neither in the local
-    cache nor reachable (OSError, as `from_pretrained` would raise after its retries)."""
-    if Path(location).expanduser().exists() or hub_reachable():
+    cache nor reachable, or a folder that is not there (OSError, as `from_pretrained` would
+    raise, after its retries for a hub id)."""
+    if Path(location).expanduser().exists():
+        return
+    if looks_like_path(location):
+        raise OSError("no such folder")
+    if hub_reachable():
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -13,25 +13,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.adapters import DomainAdapter
 from retrieval.routing import Router
+from retrieval.spec import DomainSpec
 from retrieval.world_encoder import ImageTower
-
-
-@dataclass(frozen=True)
-class DomainSpec:
-    """The profile's `[domains]` table."""
-
-    folder: str = ""  # "": ITIR_HOME/domains/<profile name>
-    temperature: float = 0.1  # routing softmax temperature (lower: closer to one domain)
-    keep: float = 0.05  # weights below keep x the largest are dropped
-    rank: int = 8  # LoRA rank of new adapters
-    steps: int = 300  # training steps of `itir domain add`
-    batch_size: int = 128
-
 
 ROUTER = "router.json"
 INFO = "domain.json"

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from retrieval.adapters import RoutedImageTower
-from retrieval.device import check_reachable, gpu_decorated, offline_kwargs
-from retrieval.domain_store import DomainSpec, DomainStore
+from retrieval.device import check_reachable, gpu_decorated, missing_model, offline_kwargs
+from retrieval.domain_store import DomainStore
 from retrieval.routing import Router, style_features
+from retrieval.spec import DomainSpec
 from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
@@ -205,11 +206,8 @@ class TransformersEncoder:
             check_reachable(location)  # offline: fail before importing transformers' models
             self._load(location)
         except OSError as e:
-            raise OSError(
-                f"could not load {self.kind.upper()} model {location!r}: "
-                f"{str(e).splitlines()[0]} Offline, download it on a connected machine "
-                f"(`hf download {location} --local-dir DIR`) and set the profile's "
-                "encoder.location = DIR (or `--set encoder.location=DIR`).") from e
+            raise OSError(missing_model(f"{self.kind.upper()} model", location,
+                                        "encoder.location", str(e).splitlines()[0])) from e
         self.model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size

@@ -2,25 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from retrieval.domain_store import DomainSpec
 from retrieval.encoders import BLIPEncoder, CLIPEncoder, Encoder, WorldEncoder
+from retrieval.spec import ENCODER_KINDS, DomainSpec, EncoderSpec
 from retrieval.text_tower import TextTower
-
-ENCODER_KINDS = ("world", "clip", "blip")
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    kind: str = "world"  # world | clip | blip
-    location: str = "assets/world-encoder"  # folder or hub id
-    batch_size: int = 64
-
-
-def needs_text_tower(spec: EncoderSpec) -> bool:
-    """The world encoder reads the shared MiniLM tower; others bring their own text model."""
-    return spec.kind == "world"
 
 
 def load_encoder(spec: EncoderSpec, device: str = "cpu",

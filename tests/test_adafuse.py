@@ -7,7 +7,8 @@ import torch
 from evaluation.metrics import bri, cumulative_hits, degradation
 from evaluation.train_fusion import chatir_validation
 from fusion import ADaFuSE, ADaFuSEConfig, FusionMismatchError, load_fusion
-from fusion.adafuse import BUDGET, ADaFuSEHead
+from fusion.adafuse import BUDGET, parameter_count
+from fusion.adafuse_head import ADaFuSEHead
 from fusion.train_adafuse import FusionTrainConfig, fusion_batches, fusion_loss, train_adafuse
 
 
@@ -22,7 +23,7 @@ def small_head(seed=0, encoder="enc@1", dim=16):
 
 
 def test_gate_in_unit_interval_expert_weights_sum_to_one_and_query_unit_norm():
-    fused = ADaFuSE(small_head())(unit(5, 16), unit(5, 16, seed=1), np.arange(5))
+    fused = small_head().fusion()(unit(5, 16), unit(5, 16, seed=1), np.arange(5))
     lam, experts = fused.decision["lambda"], fused.decision["experts"]
     assert lam.shape == (5,) and ((lam > 0) & (lam < 1)).all()
     assert experts.shape == (5, 4) and np.allclose(experts.sum(1), 1, atol=1e-6)
@@ -46,15 +47,44 @@ def test_gradients_reach_only_the_fusion_head():
 def test_sizes_follow_the_encoder_and_stay_within_budget():
     world = ADaFuSEConfig.for_encoder(256, 24_500_000)  # MiniLM + world towers
     assert (world.proj, world.hidden) == (256, 512)
-    assert ADaFuSEHead.count(world) <= BUDGET * 24_500_000
+    assert parameter_count(world) <= BUDGET * 24_500_000
     blip = ADaFuSEConfig.for_encoder(256, 224_000_000)  # the paper's sizes for BLIP
     assert (blip.proj, blip.hidden) == (512, 2048)
     head = ADaFuSEHead(world)
-    assert sum(p.numel() for p in head.parameters()) == ADaFuSEHead.count(world)
+    assert sum(p.numel() for p in head.parameters()) == parameter_count(world)
+
+
+@pytest.mark.parametrize("gate_bias", [None, 2.0])
+def test_the_apps_numpy_forward_is_the_trained_torch_heads(gate_bias):
+    torch.manual_seed(3)
+    head = ADaFuSEHead(ADaFuSEConfig(dim=32, proj=24, hidden=48, experts=3,
+                                     gate_bias=gate_bias)).eval()
+    for p in head.parameters():  # larger weights than the init's, so every GELU bends
+        p.data.mul_(3)
+    t, g = unit(64, 32, seed=1), unit(64, 32, seed=2)
+    with torch.no_grad():
+        q, lam, weights = head(torch.from_numpy(t), torch.from_numpy(g))
+    fused = head.fusion()(t, g, np.arange(64) % 11)
+    assert np.abs(fused.query - q.numpy()).max() < 2e-6
+    assert np.abs(fused.decision["lambda"] - lam.numpy()).max() < 2e-6
+    assert np.abs(fused.decision["experts"] - weights.numpy()).max() < 2e-6
+    # and back: the module rebuilt from the app's weights is the same head
+    again = ADaFuSEHead.from_fusion(head.fusion()).eval()
+    assert again.cfg == head.cfg
+    with torch.no_grad():
+        assert torch.equal(again(torch.from_numpy(t), torch.from_numpy(g))[0], q)
+
+
+def test_gelu_matches_torch_to_float32_rounding():
+    from fusion.adafuse import gelu
+
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    assert np.abs(gelu(x) - exact).max() < 1e-6
 
 
 def test_checkpoint_round_trips_and_refuses_another_encoder(tmp_path):
-    fusion = ADaFuSE(small_head())
+    fusion = small_head().fusion()
     fusion.save_pretrained(tmp_path / "ckpt")
     loaded = load_fusion(tmp_path / "ckpt")
     assert isinstance(loaded, ADaFuSE) and loaded.cfg == fusion.cfg
@@ -96,7 +126,7 @@ def test_a_few_training_steps_lower_the_loss_and_keep_the_best_validation_weight
     torch.manual_seed(0)
     before = fusion_loss(ADaFuSEHead(model_cfg).eval(), fixed).item()
     fusion, log, best = train_adafuse(*arrays, model_cfg, cfg, chatir_validation(val_emb))
-    after = fusion_loss(fusion.head.eval(), fixed).item()
+    after = fusion_loss(ADaFuSEHead.from_fusion(fusion).eval(), fixed).item()
     assert after < before - 0.3
     scores = {e["step"]: e["val_score"] for e in log if "val_score" in e}
     assert set(scores) == {20, 40, 60} and scores[best["step"]] == max(scores.values())
@@ -126,11 +156,11 @@ def test_auto_fusion_finds_the_checkpoint_trained_for_the_encoder(tmp_path, monk
     from fusion import TextOnly
 
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
-    ADaFuSE(small_head(encoder="enc@other")).save_pretrained(tmp_path / "fusions" / "a")
+    small_head(encoder="enc@other").fusion().save_pretrained(tmp_path / "fusions" / "a")
     (tmp_path / "fusions" / "broken").mkdir()
     (tmp_path / "fusions" / "broken" / "fusion_config.json").write_text("{oops")
     assert isinstance(auto_fusion(SimpleNamespace(identity="enc@1", dim=16)), TextOnly)
-    ADaFuSE(small_head(encoder="enc@1")).save_pretrained(tmp_path / "fusions" / "b")
+    small_head(encoder="enc@1").fusion().save_pretrained(tmp_path / "fusions" / "b")
     found = auto_fusion(SimpleNamespace(identity="enc@1", dim=16))
     assert isinstance(found, ADaFuSE) and found.cfg.encoder == "enc@1"
 
@@ -147,7 +177,7 @@ def test_the_shipped_world_checkpoint_is_what_the_world_profile_fuses_with(tmp_p
     encoder = load_models(profile, with_generator=False).encoder
     fusion = auto_fusion(encoder, profile.fusion_fallback)
     assert isinstance(fusion, ADaFuSE) and fusion.cfg.encoder == encoder.identity
-    assert ADaFuSEHead.count(fusion.cfg) <= BUDGET * encoder.num_parameters
+    assert parameter_count(fusion.cfg) <= BUDGET * encoder.num_parameters
     t, g = unit(3, encoder.dim, seed=1), unit(3, encoder.dim, seed=2)
     fused = fusion(t, g, np.array([0, 5, 10]))
     assert np.allclose(np.linalg.norm(fused.query, axis=1), 1, atol=1e-5)

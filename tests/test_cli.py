@@ -29,7 +29,8 @@ def test_generate_with_a_missing_model_is_one_line(tmp_path, capsys):
                        f'[generator]\nkind = "hub"\nlocation = "{tmp_path / "no-model"}"\n')
     assert main(["generate", "a red circle", "--profile", str(profile)]) == 2
     line = last_error_line(capsys)
-    assert line.startswith("itir generate: generator folder") and "does not exist" in line
+    assert line.startswith("itir generate: could not load text-to-image model from ")
+    assert "no-model: no such folder. Point the profile's generator.location at" in line
 
 
 def test_unknown_profile_and_bad_override_are_one_line(capsys):

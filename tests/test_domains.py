@@ -222,8 +222,9 @@ def test_a_turn_shows_and_records_where_its_pseudo_image_routed(
     from engine.profile import GallerySpec, load_profile
     from fusion import DAR
     from generation.world import WorldGenerator
-    from retrieval.domain_store import DomainSpec, DomainStore
+    from retrieval.domain_store import DomainStore
     from retrieval.encoders import WorldEncoder
+    from retrieval.spec import DomainSpec
     from ui.chat import _status
 
     spec = DomainSpec(folder=str(tmp_path / "domains"))
@@ -280,8 +281,9 @@ def test_domains_keep_the_fusion_trained_for_the_base_encoder(tmp_path, text_tow
     fits; the index identity (what the vectors depend on) does change."""
     from engine.factory import auto_fusion
     from engine.profile import load_profile
-    from retrieval.domain_store import DomainSpec, DomainStore
+    from retrieval.domain_store import DomainStore
     from retrieval.encoders import WorldEncoder
+    from retrieval.spec import DomainSpec
 
     location = load_profile("world").encoder_spec.location
     plain = WorldEncoder(location, text_tower)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from generation.base import GenerationError
 from generation.hub import HubGenerator
+from generation.spec import GenerationError
 from generation.world import WorldGenerator
 from generation.world_pipeline import WorldGeneratorPipeline
 

@@ -1,6 +1,7 @@
 """Serving, as a new user meets it: from any directory, any number of gallery folders, a
 bounded file cache, and startup failures in one line."""
 
+import json
 import os
 import time
 import urllib.error
@@ -113,18 +114,42 @@ def test_startup_failure_is_one_line(tmp_path, monkeypatch, capsys):
     assert "profile 'no-such-profile' not found" in capsys.readouterr().err
 
 
-def test_a_hub_profile_offline_fails_before_gradio_is_imported(tmp_path):
-    # Gradio's imports take seconds: a missing model must be said before them (floor: 5 s).
+def test_a_hub_profile_offline_fails_before_any_model_library_is_imported(tmp_path):
+    # Torch, transformers and Gradio take seconds to import on two cores: a missing model
+    # must be said before them (floor: 5 s).
     import subprocess
     import sys
     code = ("import sys; from itir.serve import main; rc = main(); "
-            "print(rc, 'gradio' in sys.modules)")
+            "print(rc, *(m in sys.modules for m in ('torch', 'transformers', 'gradio')))")
     env = {**os.environ, "ITIR_PROFILE": "clip-sdturbo", "ITIR_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
-    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
     assert "could not load CLIP model 'openai/clip-vit-base-patch32'" in out.stderr
+    assert "hf download openai/clip-vit-base-patch32 --local-dir DIR" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_preflight_checks_what_the_run_will_load(tmp_path):
+    from engine.preflight import check_models_reachable, draws_pseudo_images
+    from engine.profile import load_profile
+    from generation.spec import GenerationError
+
+    # The encoder is a local folder (present), the generator a hub id not in the cache.
+    local = load_profile("blip-sdturbo", [f"encoder.location={json.dumps(str(tmp_path))}"])
+    check_models_reachable(local, encoder=True, generator=False)
+    with pytest.raises(GenerationError, match="text-to-image model 'stabilityai/sd-turbo'.*"
+                                              "generator.location = DIR"):
+        check_models_reachable(local, encoder=True, generator=True)
+    # Text-only fusion with nothing to show: the app never loads the generator.
+    assert draws_pseudo_images(local)
+    assert not draws_pseudo_images(local.override("fusion=text").override(
+        "show_pseudo_image=false"))
+    # A folder that is not there is said as a folder, not as a hub id to download.
+    missing = local.override(f"encoder.location={json.dumps(str(tmp_path / 'blip'))}")
+    with pytest.raises(OSError, match=r"from .*blip: no such folder\. Point the profile's "
+                                      "encoder.location at the folder"):
+        check_models_reachable(missing, encoder=True, generator=False)
 
 
 def test_sigkill_mid_session_keeps_every_finished_turn_and_restarts_cleanly(tmp_path):

@@ -1,0 +1,33 @@
+"""What a profile says about its encoder and image domains: plain data, importable without
+torch (a profile is read, and a missing hub model refused, before any model library loads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODER_KINDS = ("world", "clip", "blip")
+HUB_ENCODER_KINDS = ("clip", "blip")  # transformers models, by hub id or local folder
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    kind: str = "world"  # world | clip | blip
+    location: str = "assets/world-encoder"  # folder or hub id
+    batch_size: int = 64
+
+
+def needs_text_tower(spec: EncoderSpec) -> bool:
+    """The world encoder reads the shared MiniLM tower; others bring their own text model."""
+    return spec.kind == "world"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """The profile's `[domains]` table."""
+
+    folder: str = ""  # "": ITIR_HOME/domains/<profile name>
+    temperature: float = 0.1  # routing softmax temperature (lower: closer to one domain)
+    keep: float = 0.05  # weights below keep x the largest are dropped
+    rank: int = 8  # LoRA rank of new adapters
+    steps: int = 300  # training steps of `itir domain add`
+    batch_size: int = 128
