@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.engine import Engine, embedding_space
 from engine.model_thread import model_thread
 from engine.paths import assets_dir, home
-from engine.preflight import check_models_reachable
+from engine.preflight import check_models_reachable, draws_pseudo_images
 from engine.profile import Profile
 from engine.questioner import Questioner, load_bank
 from engine.recorder import Recorder
@@ -74,8 +74,7 @@ def _build_engine(profile: Profile, progress: Progress | None,
     fusion: Fusion = (load_fusion(profile.fusion_location) if with_generator and not auto
                       else TextOnly())
     # No pseudo-image is needed when neither the fusion nor the person will look at it.
-    needs_image = auto or fusion.uses_image or profile.show_pseudo_image
-    models = load_models(profile, with_generator=with_generator and needs_image)
+    models = load_models(profile, with_generator=with_generator and draws_pseudo_images(profile))
     notice = None
     if auto and models.generator is not None:
         fusion = auto_fusion(models.encoder, profile.fusion_fallback)

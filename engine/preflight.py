@@ -9,6 +9,7 @@ this torch-free module, with the loaders' own message.
 from __future__ import annotations
 
 from engine.profile import Profile
+from fusion.factory import AUTO, load_fusion
 from generation.spec import GenerationError
 from retrieval.device import check_reachable, missing_model
 from retrieval.spec import HUB_ENCODER_KINDS
@@ -38,6 +39,7 @@ def check_models_reachable(profile: Profile, encoder: bool = True,
 
 
 def draws_pseudo_images(profile: Profile) -> bool:
-    """Whether the app loads the generator: for the fusion, or to show the person (the
-    built-in `text` fusion alone does not read it)."""
-    return profile.fusion != "text" or profile.show_pseudo_image
+    """Whether the app loads the generator: for the fusion (`auto` may pick a learned one),
+    or to show the person. The engine's factory asks the same question."""
+    location = profile.fusion_location
+    return profile.show_pseudo_image or location == AUTO or load_fusion(location).uses_image

@@ -26,11 +26,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fusion.base import CONFIG_NAME, Fused, Fusion, check_inputs, read_config
+
+if TYPE_CHECKING:
+    from fusion.adafuse_head import ADaFuSEHead
 
 WEIGHTS_NAME = "model.safetensors"
 BUDGET = 0.07  # the head may have at most this fraction of the frozen encoders' parameters
@@ -68,7 +72,7 @@ class ADaFuSEConfig:
 def parameter_shapes(cfg: ADaFuSEConfig) -> dict[str, tuple[int, ...]]:
     """Every weight of a head with `cfg`, by the name torch's module gives it ([out, in])."""
     d, p, h, e = cfg.dim, cfg.proj, cfg.hidden, cfg.experts
-    linear = lambda name, n_in, n_out: {f"{name}.weight": (n_out, n_in),  # noqa: E731
+    linear = lambda name, n_in, n_out: {f"{name}.weight": (n_out, n_in),
                                         f"{name}.bias": (n_out,)}
     shapes = {**linear("text_proj.0", d, p), **linear("image_proj.0", d, p),
               **linear("gate.0", 2 * p, h), **linear("gate.3", h, 1),
@@ -115,32 +119,34 @@ class ADaFuSE(Fusion):
     def __init__(self, cfg: ADaFuSEConfig, weights: dict[str, np.ndarray],
                  name: str = "adafuse"):
         shapes = parameter_shapes(cfg)
-        wrong = {k: np.shape(weights.get(k)) for k in shapes
-                 if k not in weights or np.shape(weights[k]) != shapes[k]}
-        if wrong or set(weights) - set(shapes):
-            raise ValueError(f"ADaFuSE weights do not fit {cfg}: missing or misshapen "
-                             f"{sorted(wrong)[:4]}, unexpected "
-                             f"{sorted(set(weights) - set(shapes))[:4]}")
+        wrong = [f"{k} {np.shape(weights[k]) if k in weights else 'missing'} (expected "
+                 f"{shapes[k]})" for k in shapes
+                 if k not in weights or np.shape(weights[k]) != shapes[k]]
+        wrong += [f"{k} (unexpected)" for k in sorted(set(weights) - set(shapes))]
+        if wrong:
+            raise ValueError(f"ADaFuSE weights do not fit {cfg}: {', '.join(wrong[:4])}")
         self.cfg, self._name = cfg, name
-        self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        # Copies, read-only: a head trained on after `.fusion()` must not change this one.
+        self.weights = {k: np.array(v, np.float32) for k, v in weights.items()}
+        for v in self.weights.values():
+            v.flags.writeable = False
         w = self.weights
-        t = lambda name: np.ascontiguousarray(w[f"{name}.weight"].T)  # noqa: E731 ([in, out])
-        e = cfg.experts
+        in_out = lambda name: np.ascontiguousarray(w[f"{name}.weight"].T)  # torch's [out, in]
+        d, p, e = cfg.dim, cfg.proj, cfg.experts
         # [t; g] @ [[W_t, 0], [0, W_g]]: both input projections in one product and one GELU.
-        d, p = cfg.dim, cfg.proj
         both = np.zeros((2 * d, 2 * p), np.float32)
-        both[:d, :p], both[d:, p:] = t("text_proj.0"), t("image_proj.0")
+        both[:d, :p], both[d:, p:] = in_out("text_proj.0"), in_out("image_proj.0")
         self._inputs = both, np.concatenate([w["text_proj.0.bias"], w["image_proj.0.bias"]])
         # One product for the three first layers that read h: gate | experts 0..E-1 | router.
         firsts = ["gate.0", *(f"experts.{k}.0" for k in range(e)), "router.0"]
-        self._first = (np.concatenate([t(n) for n in firsts], 1),
+        self._first = (np.concatenate([in_out(n) for n in firsts], 1),
                        np.concatenate([w[f"{n}.bias"] for n in firsts]))
-        self._gate = t("gate.3"), w["gate.3.bias"]
-        self._router = t("router.2"), w["router.2.bias"]
-        self._out = t("out.0"), w["out.0.bias"]
+        self._gate = in_out("gate.3"), w["gate.3.bias"]
+        self._router = in_out("router.2"), w["router.2.bias"]
+        self._out = in_out("out.0"), w["out.0.bias"]
 
     @classmethod
-    def from_head(cls, head, name: str = "adafuse") -> ADaFuSE:
+    def from_head(cls, head: ADaFuSEHead, name: str = "adafuse") -> ADaFuSE:
         """From the torch module being trained (fusion/adafuse_head.py), weights copied."""
         return cls(head.cfg, {k: v.detach().float().cpu().numpy()
                               for k, v in head.state_dict().items()}, name)
@@ -160,13 +166,13 @@ class ADaFuSE(Fusion):
     def __call__(self, t, g, rounds) -> Fused:
         t, rounds = check_inputs(t, g, rounds)
         g = np.asarray(g, np.float32)
-        linear = lambda x, wb: x @ wb[0] + wb[1]  # noqa: E731
-        hid = self.cfg.hidden
+        linear = lambda x, wb: x @ wb[0] + wb[1]
+        hid, e = self.cfg.hidden, self.cfg.experts
         h = gelu(linear(np.concatenate([t, g], 1), self._inputs))
         first = gelu(linear(h, self._first))  # every first layer is followed by a GELU
-        gate_h, router_h = first[:, :hid], first[:, -(hid // 4):]
-        expert_h = first[:, hid:-(hid // 4)].reshape(len(t), self.cfg.experts, hid)
-        lam = 1 / (1 + np.exp(-linear(gate_h, self._gate)))  # [B, 1]
+        gate_h, router_h = first[:, :hid], first[:, hid * (1 + e):]
+        expert_h = first[:, hid:hid * (1 + e)].reshape(len(t), e, hid)
+        lam = 0.5 * (1 + np.tanh(0.5 * linear(gate_h, self._gate)))  # sigmoid, [B, 1]
         logits = linear(router_h, self._router)
         weights = np.exp(logits - logits.max(1, keepdims=True))
         weights /= weights.sum(1, keepdims=True)

@@ -20,8 +20,8 @@ class HubGenerator(Generator):
 
         super().__init__(cache_size)
         if looks_like_path(location) and not Path(location).expanduser().exists():
-            raise GenerationError(f"generator folder {location} does not exist; give a folder "
-                                  "saved with `pipeline.save_pretrained` or a hub id")
+            raise GenerationError(missing_model("text-to-image model", location,
+                                                "generator.location", "no such folder"))
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(
                 str(Path(location).expanduser()) if looks_like_path(location) else location,

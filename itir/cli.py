@@ -14,16 +14,17 @@ DOMAIN_NAMES = ("flat", "outline", "textured", "noisy", "sketch", "pixelated", "
                 "blurred")
 
 
-def _profile(args: argparse.Namespace, hub_check: tuple[str, ...] = ()):
-    """The profile named by --profile, --set and --index. The hub models of `hub_check`
-    ("encoder", "generator") are checked at once (engine/preflight.py): a command that is
-    going to load them calls this before it imports the model libraries."""
+def _profile(args: argparse.Namespace, check_encoder: bool = False,
+             check_generator: bool = False):
+    """The profile named by --profile, --set and --index. A command that is going to load
+    the encoder or the generator asks for its hub model to be checked here, before it
+    imports the model libraries (engine/preflight.py)."""
     from engine.preflight import check_models_reachable
     from engine.profile import load_profile
 
     profile = load_profile(args.profile, args.set).with_overrides(
         index=getattr(args, "index", None))
-    check_models_reachable(profile, "encoder" in hub_check, "generator" in hub_check)
+    check_models_reachable(profile, check_encoder, check_generator)
     return profile
 
 
@@ -233,7 +234,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    profile = _profile(args, hub_check=("encoder",))
+    profile = _profile(args, check_encoder=True)
     from engine.factory import load_models
     from retrieval.index import VectorIndex
     from retrieval.ingest import index_folder
@@ -303,7 +304,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    profile = _profile(args, hub_check=("generator",))
+    profile = _profile(args, check_generator=True)
     from engine.factory import load_models
 
     generator = load_models(profile, with_encoder=False).generator

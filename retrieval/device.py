@@ -93,7 +93,7 @@ def check_reachable(location: str, marker: str = "config.json") -> None:
 
     try:
         cached = try_to_load_from_cache(location, marker)
-    except ValueError:  # not a hub id at all: a folder that does not exist
+    except ValueError:  # not a valid hub id either (e.g. a Windows path)
         cached = None
     if not isinstance(cached, str):
         raise OSError(f"{location!r} is not in the local Hugging Face cache and the hub "

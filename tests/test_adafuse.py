@@ -75,6 +75,23 @@ def test_the_apps_numpy_forward_is_the_trained_torch_heads(gate_bias):
         assert torch.equal(again(torch.from_numpy(t), torch.from_numpy(g))[0], q)
 
 
+def test_the_apps_fusion_holds_its_own_weights_and_a_saturated_gate_is_quiet():
+    import warnings
+
+    head = small_head().eval()
+    fusion = head.fusion()
+    t, g = unit(4, 16, seed=1), unit(4, 16, seed=2)
+    before = fusion(t, g, np.arange(4)).query
+    with torch.no_grad():  # training goes on after the copy was taken
+        head.gate[-1].bias.fill_(-200.0)
+        head.out[0].bias.fill_(5.0)
+    assert np.array_equal(fusion(t, g, np.arange(4)).query, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning from the sigmoid
+        lam = head.fusion()(t, g, np.arange(4)).decision["lambda"]
+    assert (lam < 1e-30).all()
+
+
 def test_gelu_matches_torch_to_float32_rounding():
     from fusion.adafuse import gelu
 

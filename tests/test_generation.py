@@ -80,7 +80,7 @@ def test_empty_prompt_and_missing_model_are_clear(tiny_world_generator, tmp_path
         tiny_world_generator.generate(["  "])
     with pytest.raises(GenerationError, match="itir train-generator"):
         WorldGenerator(tmp_path / "nothing", text_tower)
-    with pytest.raises(GenerationError, match="does not exist"):
+    with pytest.raises(GenerationError, match="no-such-folder: no such folder"):
         HubGenerator(str(tmp_path / "no-such-folder"))
 
 

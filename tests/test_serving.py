@@ -121,7 +121,8 @@ def test_a_hub_profile_offline_fails_before_any_model_library_is_imported(tmp_pa
     import sys
     code = ("import sys; from itir.serve import main; rc = main(); "
             "print(rc, *(m in sys.modules for m in ('torch', 'transformers', 'gradio')))")
-    env = {**os.environ, "ITIR_PROFILE": "clip-sdturbo", "ITIR_HOME": str(tmp_path)}
+    env = {**os.environ, "ITIR_PROFILE": "clip-sdturbo", "ITIR_HOME": str(tmp_path),
+           "HF_HUB_CACHE": str(tmp_path / "hub-cache")}  # whatever this machine has cached
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120, cwd=tmp_path)
     assert out.stdout.split() == ["2", "False", "False", "False"], out.stderr
@@ -133,18 +134,25 @@ def test_a_hub_profile_offline_fails_before_any_model_library_is_imported(tmp_pa
 def test_the_preflight_checks_what_the_run_will_load(tmp_path):
     from engine.preflight import check_models_reachable, draws_pseudo_images
     from engine.profile import load_profile
+    from fusion import TextOnly
     from generation.spec import GenerationError
 
-    # The encoder is a local folder (present), the generator a hub id not in the cache.
-    local = load_profile("blip-sdturbo", [f"encoder.location={json.dumps(str(tmp_path))}"])
+    # The encoder is a local folder (present), the generator a hub id not in any cache.
+    local = load_profile("blip-sdturbo", [f"encoder.location={json.dumps(str(tmp_path))}",
+                                          'generator.location="nobody-here/no-such-pipeline"'])
     check_models_reachable(local, encoder=True, generator=False)
-    with pytest.raises(GenerationError, match="text-to-image model 'stabilityai/sd-turbo'.*"
-                                              "generator.location = DIR"):
+    with pytest.raises(GenerationError, match="text-to-image model 'nobody-here/no-such-"
+                                              "pipeline'.*generator.location = DIR"):
         check_models_reachable(local, encoder=True, generator=True)
-    # Text-only fusion with nothing to show: the app never loads the generator.
+    # A text-only fusion (built in, or a saved folder) with nothing to show: the app never
+    # loads the generator, so it is not asked for.
     assert draws_pseudo_images(local)
-    assert not draws_pseudo_images(local.override("fusion=text").override(
-        "show_pseudo_image=false"))
+    quiet = local.override("show_pseudo_image=false")
+    assert draws_pseudo_images(quiet)  # fusion = auto may pick a learned one
+    assert not draws_pseudo_images(quiet.override("fusion=text"))
+    TextOnly().save_pretrained(tmp_path / "text-fusion")
+    assert not draws_pseudo_images(quiet.override(
+        f"fusion={json.dumps(str(tmp_path / 'text-fusion'))}"))
     # A folder that is not there is said as a folder, not as a hub id to download.
     missing = local.override(f"encoder.location={json.dumps(str(tmp_path / 'blip'))}")
     with pytest.raises(OSError, match=r"from .*blip: no such folder\. Point the profile's "
