@@ -256,3 +256,18 @@ def test_the_text_hinge_makes_the_head_rank_targets_worse_than_text_less_often()
     assert worse[10.0] < worse[0.0] - 0.05  # measured: 0.34 against 0.43
     assert better[10.0] > worse[10.0] + 0.15  # the image still helps more often than not
     assert better[10.0] > better[0.0] - 0.08  # measured: 0.53 against 0.52
+
+
+def test_bench_fusion_times_one_query_and_a_batch_and_counts_the_head():
+    from types import SimpleNamespace
+
+    from evaluation.bench import bench_fusion
+
+    fusion = small_head().fusion()
+    encoder = SimpleNamespace(dim=16, identity="enc@1", num_parameters=1_000_000)
+    result = bench_fusion(fusion, encoder, calls=20, batch=4)
+    assert result["batch_1"]["n"] == result["batch_4"]["n"] == 20
+    assert 0 < result["batch_1"]["p50_ms"] < 1000
+    assert result["fusion_parameters"] == parameter_count(fusion.cfg)
+    assert result["fusion_share_percent"] == pytest.approx(
+        100 * parameter_count(fusion.cfg) / 1_000_000, abs=0.01)
