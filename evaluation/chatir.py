@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.dialog_set import DialogEmbeddings
-from evaluation.metrics import bri, cumulative_hits, degradation, target_ranks
+from evaluation.metrics import bri, cumulative_hits, degradation, hits_difference_ci, target_ranks
 from fusion import Fusion
 
 KS = (1, 5, 10)
@@ -56,10 +56,17 @@ def compare(emb: DialogEmbeddings, methods: dict[str, Fusion | str], k: int = 1,
 
     text_ranks, _ = method_ranks(emb, TextOnly())
     out = {"dialogs": len(emb.targets), "corpus": len(emb.corpus), "k": k, "methods": {}}
+    all_ranks = {"text": text_ranks}
     for name, method in methods.items():
         ranks, decisions = method_ranks(emb, method, k, image)
+        all_ranks[name] = ranks
         out["methods"][name] = {**summarise(ranks, text_ranks), **(
             {"mean_decision_by_round": decisions} if decisions else {})}
+    for name in methods:  # how sure each difference is, per round (the same dialogs)
+        out["methods"][name]["ci95_minus"] = {
+            other: {f"hits@{j}": hits_difference_ci(all_ranks[name], ranks, j).round(2).tolist()
+                    for j in (1, 10)}
+            for other, ranks in all_ranks.items() if other != name}
     return out
 
 
@@ -75,6 +82,19 @@ def markdown_table(result: dict, rounds: tuple[int, ...] = (0, 1, 2, 3, 5, 7, 10
         cells = " | ".join("/".join(f"{m[f'hits@{k}'][r]:.1f}" for k in KS) for r in rounds)
         lines.append(f"| {name} | {cells} | {m['bri']:.3f} |"
                      + (f" {m['degradation']:.1f}% |" if worse else ""))
+    return "\n".join(lines)
+
+
+def difference_lines(result: dict, reference: str = "text", k: int = 10) -> str:
+    """Each method minus `reference` in cumulative Hits@k, per round: its 95% interval."""
+    lines = []
+    for name, m in result["methods"].items():
+        ci = m.get("ci95_minus", {}).get(reference)
+        if ci is None:
+            continue
+        cells = " ".join(f"r{r} [{lo:+.1f}, {hi:+.1f}]"
+                         for r, (lo, hi) in enumerate(ci[f"hits@{k}"]))
+        lines.append(f"{name} - {reference}, Hits@{k}, 95% interval: {cells}")
     return "\n".join(lines)
 
 

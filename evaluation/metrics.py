@@ -39,3 +39,16 @@ def bri(ranks: np.ndarray) -> float:
 def degradation(ranks: np.ndarray, text_ranks: np.ndarray) -> np.ndarray:
     """[R] percent of dialogs whose target this method ranks worse than text-only does."""
     return (ranks > text_ranks).mean(0) * 100
+
+
+def hits_difference_ci(ranks: np.ndarray, reference: np.ndarray, k: int,
+                       samples: int = 2000, seed: int = 0) -> np.ndarray:
+    """[R, 2] 95% interval of cumulative Hits@k(ranks) - Hits@k(reference), in points, by a
+    paired bootstrap: dialogs drawn with replacement, the same draws for both methods (their
+    results on one dialog are correlated, so intervals of each alone would be too wide)."""
+    found = lambda r: np.minimum.accumulate(r, axis=1) < k
+    diff = (found(ranks).astype(np.float64) - found(reference)) * 100  # [N, R]
+    n = len(diff)
+    # Each resample as counts per dialog: [samples, N] @ [N, R], no [samples, N, R] array.
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples)
+    return np.percentile(counts @ diff / n, [2.5, 97.5], axis=0).T

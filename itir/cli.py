@@ -79,6 +79,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = chatir.run(_profile(args), args.dialogs, methods, args.corpus, args.images,
                         args.limit, ks[0], tuple(args.control), tuple(ks[1:]))
     print(chatir.markdown_table(result))
+    for reference in ("text", "dar"):
+        print(chatir.difference_lines(result, reference))
     for k, rows in result.get("by_k", {}).items():
         print(f"\n{k} pseudo-image(s) per round:")
         print(chatir.markdown_table({"methods": rows}))

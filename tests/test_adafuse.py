@@ -271,3 +271,19 @@ def test_bench_fusion_times_one_query_and_a_batch_and_counts_the_head():
     assert result["fusion_parameters"] == parameter_count(fusion.cfg)
     assert result["fusion_share_percent"] == pytest.approx(
         100 * parameter_count(fusion.cfg) / 1_000_000, abs=0.01)
+
+
+def test_paired_bootstrap_interval_of_a_hits_difference():
+    from evaluation.metrics import hits_difference_ci
+
+    rng = np.random.default_rng(0)
+    text = rng.integers(0, 40, (200, 3))
+    same = hits_difference_ci(text, text, 10)
+    assert same.shape == (3, 2) and (same == 0).all()  # no difference, no uncertainty
+    # Better by exactly 10% of dialogs at every round: the interval holds 10 and stays > 0.
+    better = text.copy()
+    missed = np.flatnonzero(np.minimum.accumulate(text, axis=1)[:, -1] >= 10)[:20]
+    better[missed] = 0  # found from round 0 on
+    ci = hits_difference_ci(better, text, 10)
+    assert (ci[:, 0] > 0).all() and (ci[:, 0] <= 10).all() and (ci[:, 1] >= 10).all()
+    assert np.array_equal(ci, hits_difference_ci(better, text, 10))  # seeded
