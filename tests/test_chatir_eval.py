@@ -148,6 +148,12 @@ def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys)
         assert m["bri"] >= 0 and 0 <= m["degradation"] <= 100
     assert result["methods"]["text"]["degradation"] == 0
     assert result["methods"]["dar"]["mean_decision_by_round"]["w_text"][:3] == [0.8, 0.8, 0.5]
+    # Every difference between two methods comes with its interval, round by round.
+    intervals = result["methods"]["dar"]["ci95_minus"]
+    assert set(intervals) == {"text", "image", "add"}
+    for lo, hi in intervals["text"]["hits@10"]:
+        assert -100 <= lo <= hi <= 100
+    assert "dar - text, Hits@10, 95% interval: r0 [" in table
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert set(result["controls"]["shuffled"]) == {"text", "image", "dar", "add"}
     # The caches make a second run cheap; the shipped ADaFuSE is the world encoder's.
