@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.engine import Engine, embedding_space
 from engine.model_thread import model_thread
 from engine.paths import assets_dir, home
-from engine.preflight import check_models_reachable, draws_pseudo_images
+from engine.preflight import draws_pseudo_images
 from engine.profile import Profile
 from engine.questioner import Questioner, load_bank
 from engine.recorder import Recorder
@@ -44,7 +44,6 @@ def load_models(profile: Profile, with_encoder: bool = True,
     """The profile's encoder and/or generator, sharing one text tower where both read it."""
     enc, gen = profile.encoder_spec, profile.generator_spec
     with_generator = with_generator and gen.kind != "none"
-    check_models_reachable(profile, with_encoder, with_generator)
     device = profile.torch_device
     shared = ((with_encoder and retrieval_spec.needs_text_tower(enc))
               or (with_generator and generation_spec.needs_text_tower(gen)))
@@ -74,7 +73,8 @@ def _build_engine(profile: Profile, progress: Progress | None,
     fusion: Fusion = (load_fusion(profile.fusion_location) if with_generator and not auto
                       else TextOnly())
     # No pseudo-image is needed when neither the fusion nor the person will look at it.
-    models = load_models(profile, with_generator=with_generator and draws_pseudo_images(profile))
+    models = load_models(profile,
+                         with_generator=with_generator and draws_pseudo_images(profile, fusion))
     notice = None
     if auto and models.generator is not None:
         fusion = auto_fusion(models.encoder, profile.fusion_fallback)

@@ -9,6 +9,7 @@ this torch-free module, with the loaders' own message.
 from __future__ import annotations
 
 from engine.profile import Profile
+from fusion.base import Fusion
 from fusion.factory import AUTO, load_fusion
 from generation.spec import GenerationError
 from retrieval.device import check_reachable, missing_model
@@ -38,8 +39,11 @@ def check_models_reachable(profile: Profile, encoder: bool = True,
                                                 "generator.location", str(e))) from None
 
 
-def draws_pseudo_images(profile: Profile) -> bool:
+def draws_pseudo_images(profile: Profile, fusion: Fusion | None = None) -> bool:
     """Whether the app loads the generator: for the fusion (`auto` may pick a learned one),
-    or to show the person. The engine's factory asks the same question."""
+    or to show the person. The engine's factory asks the same, with the profile's fusion
+    already loaded (`fusion`)."""
     location = profile.fusion_location
-    return profile.show_pseudo_image or location == AUTO or load_fusion(location).uses_image
+    if profile.show_pseudo_image or location == AUTO:
+        return True
+    return (fusion or load_fusion(location)).uses_image

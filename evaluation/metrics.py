@@ -24,9 +24,14 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 # The ChatIR protocol (DESIGN.md "Evaluation"). `ranks` [N, R]: the target's 0-based rank in
 # the whole corpus for dialog i at round r.
 
+def found_by_round(ranks: np.ndarray, k: int) -> np.ndarray:
+    """[N, R] whether dialog i's target was in the top k at any round <= r."""
+    return np.minimum.accumulate(ranks, axis=1) < k
+
+
 def cumulative_hits(ranks: np.ndarray, k: int) -> np.ndarray:
     """[R] percent of dialogs whose target was in the top k at any round <= r."""
-    return (np.minimum.accumulate(ranks, axis=1) < k).mean(0) * 100
+    return found_by_round(ranks, k).mean(0) * 100
 
 
 def bri(ranks: np.ndarray) -> float:
@@ -46,8 +51,7 @@ def hits_difference_ci(ranks: np.ndarray, reference: np.ndarray, k: int,
     """[R, 2] 95% interval of cumulative Hits@k(ranks) - Hits@k(reference), in points, by a
     paired bootstrap: dialogs drawn with replacement, the same draws for both methods (their
     results on one dialog are correlated, so intervals of each alone would be too wide)."""
-    found = lambda r: np.minimum.accumulate(r, axis=1) < k
-    diff = (found(ranks).astype(np.float64) - found(reference)) * 100  # [N, R]
+    diff = (found_by_round(ranks, k).astype(np.float64) - found_by_round(reference, k)) * 100
     n = len(diff)
     # Each resample as counts per dialog: [samples, N] @ [N, R], no [samples, N, R] array.
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=samples)
