@@ -15,6 +15,12 @@ pseudo-images of concurrent sessions' turns) are merged into one call of the mod
 `max_batch` items. A caller gets exactly its own items' results: batching changes how fast
 an answer comes, and a result only by float rounding (a batch runs other kernels; measured on
 the world generator: at most one level of one pixel channel in 255).
+
+Why one BLAS thread for NumPy: its products in a turn are small (ADaFuSE's head, the
+questioner's scores, Rocchio), and OpenBLAS's workers spin for a while after each product,
+taking the cores from torch's next kernels. With one thread, the text stage of a world turn
+fell from 88-95 to 42 ms p50 on two cores, and ADaFuSE's stage from 3.6 to 1.1 ms
+(docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from threadpoolctl import ThreadpoolController
 
 
 @dataclass
@@ -139,6 +147,16 @@ class ModelThread:
                 call.error = e
 
 
+def _one_blas_thread_for_numpy() -> None:
+    """NumPy's own BLAS only (the one its wheel ships): a BLAS that torch or FAISS use for
+    their large products keeps its threads."""
+    controller = ThreadpoolController()
+    numpy_blas = [lib.filepath for lib in controller.lib_controllers
+                  if lib.user_api == "blas" and "numpy" in lib.filepath]
+    if numpy_blas:
+        controller.select(filepath=numpy_blas).limit(limits=1)  # process-wide, from now on
+
+
 _shared: ModelThread | None = None
 _shared_lock = threading.Lock()
 
@@ -148,5 +166,6 @@ def model_thread() -> ModelThread:
     global _shared
     with _shared_lock:
         if _shared is None:
+            _one_blas_thread_for_numpy()
             _shared = ModelThread()
         return _shared

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.paths import assets_dir, home, profiles_dir
 from fusion.factory import AUTO, BUILT_IN
-from generation.spec import GeneratorSpec
+from generation.spec import RUNTIMES, GeneratorSpec
 from retrieval.device import DTYPES, resolve_dtype
 from retrieval.spec import DomainSpec, EncoderSpec
 from world.render import RENDER_VERSION
@@ -87,6 +87,12 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: concurrent_turns and [generator] "
                              f"batch_size must be at least 1, got {self.concurrent_turns} and "
                              f"{self.generator.batch_size}")
+        if self.generator.runtime not in RUNTIMES:
+            raise ValueError(f"profile {self.name!r}: [generator] runtime must be one of "
+                             f"{', '.join(RUNTIMES)}, got {self.generator.runtime!r}")
+        if self.generator.runtime == "onnx" and self.generator.kind != "world":
+            raise ValueError(f"profile {self.name!r}: [generator] runtime onnx is for the "
+                             f"world generator; a {self.generator.kind} generator runs on torch")
         if self.generator.samples < 1:
             raise ValueError(f"profile {self.name!r}: [generator] samples must be at least 1, "
                              f"got {self.generator.samples}")
@@ -202,7 +208,8 @@ class Profile:
     def describe(self) -> str:
         gen = self.generator
         generator = "none" if gen.kind == "none" else (
-            f"{gen.kind} {gen.location} ({gen.steps} steps, guidance {gen.guidance})")
+            f"{gen.kind} {gen.location} ({gen.steps} steps, guidance {gen.guidance}"
+            + (f", runtime {gen.runtime})" if gen.kind == "world" else ")"))
         return (f"profile {self.name}: encoder {self.encoder.kind} {self.encoder.location} · "
                 f"generator {generator} · fusion {self.fusion} · device {self.torch_device} "
                 f"({self.torch_dtype})")

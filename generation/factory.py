@@ -18,7 +18,7 @@ def load_generator(spec: GeneratorSpec, device: str = "cpu",
         if text_tower is None:
             raise ValueError("the world generator needs the text tower it was trained on")
         return WorldGenerator(spec.location, text_tower, steps=spec.steps,
-                              guidance=spec.guidance, device=device)
+                              guidance=spec.guidance, device=device, runtime=spec.runtime)
     if spec.kind == "hub":
         from generation.hub import HubGenerator
 

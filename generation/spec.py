@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GENERATOR_KINDS = ("world", "hub", "none")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,10 @@ class GeneratorSpec:
     samples: int = 1  # K pseudo-images per turn (one batched call); g = their mean embedding
     batch_size: int = 8  # the most queries concurrent turns draw in one call of the model
     size: int | None = None  # hub pipelines only; None = the model's default
+    # World generator only: how its UNet runs. onnx = ONNX Runtime on the CPU, from the
+    # folder's unet/model.onnx (`itir export-onnx`); auto = onnx on a CPU when the folder has
+    # an export of these very weights, torch otherwise.
+    runtime: str = "auto"
 
 
 def needs_text_tower(spec: GeneratorSpec) -> bool:

@@ -15,6 +15,7 @@ resumed run goes straight on with the UNet.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,6 +227,9 @@ Text -> layout -> 32x32 RGB pseudo-image, as a diffusers pipeline:
   cosine, gradient clipping {grad_clip}, v-prediction, cosine noise schedule, EMA
   {ema_decay} (the saved weights), {condition_dropout:.0%} of layouts emptied for
   classifier-free guidance; seed {seed}; final loss {final_loss:.4f}.
+- `unet/model.onnx`: the same UNet traced for ONNX Runtime, which the app draws with on a
+  CPU (`generator.runtime`, about twice as fast as torch there), tagged with the digest of
+  the weights it was traced from; `itir export-onnx` writes it again.
 - Data: {scenes} world train scenes (seeds 0..{last}), six texts each: a full and a
   partial template caption, a full and a partial free description (training phrasings
   only), a dialog cut at a random round and the whole 11-round dialog.
@@ -270,6 +274,7 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               layout_steps: int = 3000) -> list[dict]:
     """Train both stages on the cached clause corpus and write the pipeline folder `out`
     (model_index.json, layout/, unet/, scheduler/), README.md, logs, curves, samples.png."""
+    from generation.onnx_unet import export_unet
     from generation.world_pipeline import WorldGeneratorPipeline
     from generation.world_unet import sampling_scheduler
     from retrieval.text_tower import TextTower
@@ -332,5 +337,8 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     training_curve(out / "train-layout" / LOG_NAME, out / "layout-loss.png",
                    "layout parser: cross-entropy")
     clear_checkpoints(out / "train-unet")  # the finished pipeline is saved
+    # What generator.runtime = auto draws with on a CPU; a UNet trained on a GPU comes back
+    # on it, and the graph is traced from a CPU float32 copy.
+    export_unet(copy.deepcopy(unet).to("cpu", torch.float32), out / "unet")
     return log
 

@@ -19,9 +19,15 @@ The tower is deliberately not a pipeline component: a component would be saved i
 folder (or, being unsaveable, rewritten to null in the config with a warning). As a plain
 attribute it is left where its owner placed it; `pipe.to(device)` moves the UNet, and the
 tower's states follow the UNet to its device.
+
+`pipe.onnx_unet` (None by default) may hold the same UNet on ONNX Runtime
+(generation/onnx_unet.py); the denoising loop then calls it instead of the torch module,
+which still owns the weights, the config and `save_pretrained`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
@@ -30,6 +36,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from generation.world_layout import WorldLayoutParser, clause_states
 from retrieval.text_tower import MINILM_HUB_ID, TextTower
+
+if TYPE_CHECKING:
+    from generation.onnx_unet import OnnxUNet
 
 
 class WorldGeneratorPipeline(DiffusionPipeline):
@@ -43,6 +52,7 @@ class WorldGeneratorPipeline(DiffusionPipeline):
         self.register_to_config(text_tower_id=text_tower_id)
         self.text_tower = (text_tower if text_tower is not None
                            else TextTower(text_tower_id))
+        self.onnx_unet: OnnxUNet | None = None
         if self.text_tower.width != layout.config.text_width:
             raise ValueError(f"the layout parser reads {layout.config.text_width}-wide states "
                              f"({text_tower_id}); the text tower gives {self.text_tower.width}")
@@ -53,8 +63,11 @@ class WorldGeneratorPipeline(DiffusionPipeline):
     def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The layout map [B, C, S, S] and slot states [B, K, W] for `prompts`."""
         states, mask, clause_ids = clause_states(self.text_tower, prompts)
-        device, dtype = self.unet.device, self.unet.dtype
-        layout = self.layout(states.to(device, self.layout.dtype), mask.to(device),
+        # diffusers' .device and .dtype walk every module (~4 ms each): a weight says the same.
+        weight = next(self.unet.parameters())
+        device, dtype = weight.device, weight.dtype
+        layout_dtype = next(self.layout.parameters()).dtype
+        layout = self.layout(states.to(device, layout_dtype), mask.to(device),
                              clause_ids.to(device))
         size = self.unet.config.sample_size
         return layout.spatial_map(size).to(dtype), layout.slots.to(dtype)
@@ -65,8 +78,8 @@ class WorldGeneratorPipeline(DiffusionPipeline):
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  output_type: str = "pil") -> ImagePipelineOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        device, dtype = self.unet.device, self.unet.dtype
         spatial, slots = self.condition(prompts)
+        device, dtype = spatial.device, spatial.dtype
         guided = guidance_scale != 1.0
         if guided:  # the unconditional half: an empty layout (what training dropped to)
             spatial = torch.cat([spatial, torch.zeros_like(spatial)])
@@ -78,8 +91,11 @@ class WorldGeneratorPipeline(DiffusionPipeline):
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            out = self.unet(torch.cat([model_in, spatial], dim=1), t,
-                            encoder_hidden_states=slots).sample
+            model_in = torch.cat([model_in, spatial], dim=1)
+            if self.onnx_unet is not None:
+                out = self.onnx_unet(model_in, t, slots)
+            else:
+                out = self.unet(model_in, t, encoder_hidden_states=slots).sample
             if guided:
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)

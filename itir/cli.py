@@ -51,6 +51,26 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from diffusers import UNet2DConditionModel
+
+    from engine.profile import Profile
+    from generation.onnx_unet import export_unet
+
+    pipeline = Path(Profile.resolve(args.folder))
+    index = pipeline / "model_index.json"
+    kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    if kind != "WorldGeneratorPipeline":
+        raise FileNotFoundError(f"no world generator in {pipeline} (expected the folder "
+                                "`itir train-generator` writes, e.g. assets/world-generator)")
+    folder = pipeline / "unet"
+    torch_threads(args.threads)
+    print(f"exporting {folder} to ONNX (about a minute on two cores)", file=sys.stderr)
+    path = export_unet(UNet2DConditionModel.from_pretrained(folder), folder)
+    print(path)
+    return 0
+
+
 def cmd_train_fusion(args: argparse.Namespace) -> int:
     from engine.paths import home
     from evaluation.train_fusion import reproduce
@@ -591,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")
     g.set_defaults(func=cmd_train_generator)
+
+    x = sub.add_parser("export-onnx", help="export a world generator's UNet for ONNX Runtime "
+                       "(generator.runtime; about twice as fast on a CPU)")
+    x.add_argument("folder", nargs="?", default="assets/world-generator",
+                   help="a world generator pipeline folder (default: the shipped one)")
+    x.add_argument("--threads", type=positive_int, default=2)
+    x.set_defaults(func=cmd_export_onnx)
 
     f = with_profile(sub.add_parser("train-fusion", help="train ADaFuSE on dialog files"))
     f.add_argument("--dialogs", required=True, help="training dialogs (ChatIR JSON)")

@@ -182,6 +182,10 @@ def test_unknown_profile_bad_keys_and_overrides_are_clear(tmp_path):
         load_profile("world", ["generator.steps=many"])
     with pytest.raises(ValueError, match="unknown section"):
         load_profile("world", ["gnerator.steps=2"])
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, onnx"):
+        load_profile("world", ["generator.runtime=tensorrt"])
+    with pytest.raises(ValueError, match="runtime onnx is for the world generator"):
+        load_profile("clip-sdturbo", ["generator.runtime=onnx"])
 
 
 def test_dtype_policy_and_fallback_are_checked():

@@ -1,10 +1,15 @@
 import json
+import shutil
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 
+from engine.paths import assets_dir
 from generation.hub import HubGenerator
+from generation.onnx_unet import ONNX_FILE, OnnxUNet, export_unet, unet_tag
 from generation.spec import GenerationError
 from generation.world import WorldGenerator
 from generation.world_pipeline import WorldGeneratorPipeline
@@ -82,6 +87,81 @@ def test_empty_prompt_and_missing_model_are_clear(tiny_world_generator, tmp_path
         WorldGenerator(tmp_path / "nothing", text_tower)
     with pytest.raises(GenerationError, match="no-such-folder: no such folder"):
         HubGenerator(str(tmp_path / "no-such-folder"))
+
+
+@pytest.fixture(scope="module")
+def exported_tiny_pipeline(tiny_world_pipeline, tmp_path_factory):
+    """A copy of the tiny pipeline folder with its UNet exported to ONNX (~30 s)."""
+    folder = tmp_path_factory.mktemp("onnx") / "tiny"
+    shutil.copytree(tiny_world_pipeline[1], folder)
+    export_unet(tiny_world_pipeline[0].unet, folder / "unet")
+    return folder
+
+
+def test_onnx_runtime_draws_what_torch_draws(exported_tiny_pipeline, text_tower):
+    """`auto` picks ONNX Runtime for a folder with a current export, and it draws the torch
+    UNet's images: one prompt or several, with guidance (batch 2 per prompt) or without."""
+    def never(*args, **kwargs):
+        raise AssertionError("the torch UNet ran on the ONNX path")
+
+    for guidance in (2.0, 1.0):
+        on_onnx = WorldGenerator(exported_tiny_pipeline, text_tower, steps=3,
+                                 guidance=guidance)
+        on_torch = WorldGenerator(exported_tiny_pipeline, text_tower, steps=3,
+                                  guidance=guidance, runtime="torch")
+        assert (on_onnx.runtime, on_torch.runtime) == ("onnx", "torch")
+        assert on_onnx.identity == on_torch.identity  # the same images: caches stay valid
+        on_onnx.pipe.unet.forward = never
+        prompts = ["a small green star", "two large yellow hexagons at the bottom on black",
+                   "a red circle on a blue background"]
+        for batch in (prompts[:1], prompts):
+            drawn = zip(on_onnx.generate(batch, seed=7), on_torch.generate(batch, seed=7))
+            for x, y in drawn:
+                assert np.abs(pixels(x) - pixels(y)).max() <= 1
+
+
+def test_onnx_export_that_cannot_be_used_is_never_drawn_with(exported_tiny_pipeline,
+                                                             tmp_path, text_tower):
+    """Exported from other weights, truncated, or missing: `onnx` refuses with what to do,
+    `auto` draws with torch (and says so, unless there simply is no export)."""
+    folder = tmp_path / "retrained"
+    shutil.copytree(exported_tiny_pipeline, folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(0.1)  # "retrained" without exporting again
+    unet.save_pretrained(folder / "unet")
+    with pytest.raises(GenerationError, match=f"other weights.*itir export-onnx {folder}"):
+        WorldGenerator(folder, text_tower, runtime="onnx")
+    with pytest.warns(UserWarning, match="exported from other weights.*Drawing with torch"):
+        assert WorldGenerator(folder, text_tower).runtime == "torch"
+    onnx_file = folder / "unet" / ONNX_FILE
+    onnx_file.write_bytes(onnx_file.read_bytes()[:5000])  # an interrupted copy
+    with pytest.raises(GenerationError, match="could not load"):
+        WorldGenerator(folder, text_tower, runtime="onnx")
+    with pytest.warns(UserWarning, match="could not load"):
+        assert WorldGenerator(folder, text_tower).runtime == "torch"
+    onnx_file.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no export at all is a normal folder: no warning
+        assert WorldGenerator(folder, text_tower).runtime == "torch"
+    with pytest.raises(GenerationError, match="has no model.onnx"):
+        WorldGenerator(folder, text_tower, runtime="onnx")
+
+
+def test_onnx_runtime_is_for_the_cpu_only(exported_tiny_pipeline, text_tower):
+    gen = WorldGenerator(exported_tiny_pipeline, text_tower, runtime="torch")
+    gen.device = torch.device("cuda")  # as a GPU profile would have it; nothing runs here
+    with pytest.raises(GenerationError, match="CPU only, not cuda; set device=cpu"):
+        gen._use_onnx("onnx", exported_tiny_pipeline / "unet")
+    gen._use_onnx("auto", exported_tiny_pipeline / "unet")
+    assert gen.runtime == "torch" and gen.pipe.onnx_unet is None
+
+
+def test_shipped_generator_has_a_current_onnx_export():
+    """A retrained UNet committed without `itir export-onnx` would quietly draw on torch at
+    half the speed on a CPU: fail here instead."""
+    folder = assets_dir() / "world-generator" / "unet"
+    OnnxUNet(folder, unet_tag(UNet2DConditionModel.from_pretrained(folder)), threads=1)
 
 
 def test_unreachable_hub_model_says_how_to_get_it_offline():
