@@ -309,7 +309,7 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
                 stages.setdefault(stage, []).append(ms / 1e3)
     gen = engine.generator
     drawing = None if gen is None else {"steps": gen.steps, "guidance": gen.guidance,
-                                        "runtime": getattr(gen, "runtime", "torch")}
+                                        "runtime": gen.runtime}
     return {"profile": engine.profile.name, "fusion": engine.fusion.name,
             "generator": drawing, "gallery": len(engine.index), "turns": dialogs * rounds,
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}

@@ -32,6 +32,7 @@ class Generator(ABC):
     steps: int
     guidance: float
     size: int
+    runtime: str = "torch"  # what runs the denoiser (the world generator may use "onnx")
 
     def __init__(self, cache_size: int = 256):
         self._cache: OrderedDict[tuple, Image.Image] = OrderedDict()

@@ -41,7 +41,6 @@ class WorldGenerator(Generator):
         # The runtime is not part of the identity: ONNX Runtime draws the same images (to
         # ~2e-6 before rounding to 8 bits), as a batch does.
         self.identity = f"world-generator:{location.name}@{digest}"
-        self.runtime = "torch"
         if runtime != "torch":
             self._use_onnx(runtime, location / "unet")
 
@@ -53,17 +52,16 @@ class WorldGenerator(Generator):
                     f"generator.runtime onnx runs on the CPU only, not {self.device}; set "
                     "device=cpu, or generator.runtime=auto or torch")
             return
+        if runtime == "auto" and not (unet_folder / ONNX_FILE).is_file():
+            return  # a folder without an export is normal (a fresh training run's, a test's)
         try:
             self.pipe.onnx_unet = OnnxUNet(unet_folder, unet_tag(self.pipe.unet),
                                            threads=torch.get_num_threads())
         except GenerationError as e:
             if runtime == "onnx":
                 raise
-            # A folder without an export is normal (a fresh training run's checkpoint, a
-            # test's); one whose export cannot be used is worth a word.
-            if (unet_folder / ONNX_FILE).is_file():
-                warnings.warn(f"{e}. Drawing with torch meanwhile (about half as fast on a "
-                              "CPU)", stacklevel=3)
+            warnings.warn(f"{e}. Drawing with torch meanwhile (about half as fast on a CPU)",
+                          stacklevel=3)
             return
         self.runtime = "onnx"
 
