@@ -9,6 +9,7 @@ shared by every session. One turn: dialog state -> query text -> text embedding 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +17,12 @@ from PIL import Image
 
 from dialog import DialogState, get_reformulation
 from dialog.query import fit_turns
-from engine.model_thread import model_thread
+from engine.model_thread import BACKGROUND, HEAVY, model_thread
 from engine.profile import Profile
 from engine.questioner import Asked, Questioner
 from engine.recorder import Recorder
 from engine.session import SearchSession
-from fusion import BUILT_IN, Fusion, TextOnly
+from fusion import BUILT_IN, Fused, Fusion, TextOnly
 from generation.base import Generator
 from generation.spec import GenerationError
 from retrieval.encoders import Encoder
@@ -51,6 +52,7 @@ class TurnResult:
     options: list[str] = field(default_factory=list)  # its likeliest answers
     query_vector: np.ndarray | None = None  # [1, D]: what the index was searched with
     domains: dict[str, float] = field(default_factory=dict)  # the pseudo-image's routing
+    steps: int | None = None  # the pseudo-image's denoising steps (fewer on a busy CPU)
 
 
 def embedding_space(encoder: Encoder) -> str:
@@ -59,6 +61,28 @@ def embedding_space(encoder: Encoder) -> str:
     base encoder's space against its frozen text side, so a fusion trained on the base still
     fits; `image_identity` (what an index depends on) does change with them."""
     return getattr(encoder, "base_identity", encoder.identity)
+
+
+@dataclass
+class _Finished:
+    """A turn's fusion and search."""
+    fusion: Fusion  # the one used (text alone when a fusion had no pseudo-image)
+    fused: Fused
+    query_vector: np.ndarray
+    hits: list[Hit]
+    fuse_ms: float
+    search_ms: float
+
+
+@dataclass
+class _Drawn:
+    """One turn's share of a batch of pseudo-images."""
+    images: list[Image.Image]
+    steps: int  # denoising steps they took
+    weights: np.ndarray | None = None  # [n, domains] how the encoder routed them, if it does
+    embed_ms: float = 0.0  # the batch's embedding time
+    finished: _Finished | None = None  # the turn's search, when the drawing's call ran it
+    error: Exception | None = None  # ... or why that search failed
 
 
 class Engine:
@@ -111,41 +135,51 @@ class Engine:
 
         chosen = fusion or self.fusion
         t = np.stack(self.model_thread.batched(("encode_texts", id(self.encoder)), self._text_rows,
-                                         [query], self.profile.encoder.batch_size))
+                                               [query], self.profile.encoder.batch_size))
         lap("encode_text")
-        image, g, notice, routed = None, None, None, {}
-        draw = chosen.uses_image or (display and self.profile.show_pseudo_image)
-        if self.generator is not None and draw:
-            spec = self.profile.generator
+
+        def finish(g: np.ndarray | None) -> _Finished:
+            """Fusion, feedback and the search: on the model thread (FAISS's OpenMP too)."""
+            # A fusion that needs the image falls back to the text when there is none.
+            used = chosen if g is not None or not chosen.uses_image else TextOnly()
+            began = time.perf_counter()
+            fused = used(t, g, np.array([round_]))
+            fused_at = time.perf_counter()
+            query_vector = self._feedback(fused.query, liked, rejected)
+            hits = self._hits(query_vector, k, exclude=set(rejected))
+            return _Finished(used, fused, query_vector, hits, (fused_at - began) * 1e3,
+                             (time.perf_counter() - fused_at) * 1e3)
+
+        drawn, notice = None, None
+        if self.generator is not None and (chosen.uses_image or
+                                           (display and self.profile.show_pseudo_image)):
             # Only a fusion that embeds the image profits from more than one sample.
-            n = spec.samples if chosen.uses_image else 1
-            images = []
+            n = self.profile.generator.samples if chosen.uses_image else 1
             try:
-                images = self._draw(query, n)
+                drawn = self._draw(query, n, finish if chosen.uses_image else None)
             except GenerationError as e:  # expected failures only; a bug should surface
                 notice = f"No pseudo-image this turn ({e}); searching with the text alone."
             lap("generate")
-            image = images[0] if images else None
-            if images and chosen.uses_image:
-                # The mean of K samples' embeddings: what the K drawings agree on.
-                embed = getattr(self.encoder, "encode_images_routed", None)
-                vectors, weights = (self.model_thread.run(embed, images) if embed is not None
-                                    else (self.model_thread.run(self.encoder.encode_images, images),
-                                          None))
-                g = vectors.mean(0, keepdims=True)
-                g /= np.linalg.norm(g, axis=1, keepdims=True)
-                routed = self._routing(weights)
-                lap("embed_image")
-        # A fusion that needs the image falls back to the text when there is none.
-        fusion = chosen if g is not None or not chosen.uses_image else TextOnly()
-        fused = self.model_thread.run(fusion, t, g, np.array([round_]))
-        lap("fuse")
-        query_vector = self._feedback(fused.query, liked, rejected)
-        hits = self._hits(query_vector, k, exclude=set(rejected))
-        lap("search")
+        done = drawn.finished if drawn is not None else None
+        if drawn is not None and drawn.error is not None:
+            raise drawn.error  # this turn's fusion or search failed, not the batch's drawing
+        if done is not None:
+            # The drawing's call embedded, fused and searched too: `generate` is the wait for
+            # the batch and the drawing (and the other turns' searches in it).
+            timings["generate"] -= drawn.embed_ms + done.fuse_ms + done.search_ms
+            timings["embed_image"] = drawn.embed_ms
+            timings["fuse"], timings["search"] = done.fuse_ms, done.search_ms
+        else:
+            done = self.model_thread.run(finish, None)
+            lap("fuse")  # with the wait for the model thread, as before
+            timings["fuse"] -= done.search_ms
+            timings["search"] = done.search_ms
         timings["total"] = (time.perf_counter() - start) * 1e3
-        return TurnResult(round_, query, hits, image, fusion.name, fused.row(0), notice,
-                          timings, query_vector=query_vector, domains=routed)
+        image, steps = (drawn.images[0], drawn.steps) if drawn is not None else (None, None)
+        routed = self._routing(drawn.weights) if drawn is not None else {}
+        return TurnResult(round_, query, done.hits, image, done.fusion.name, done.fused.row(0),
+                          notice, timings, query_vector=done.query_vector, domains=routed,
+                          steps=steps)
 
     def _routing(self, weights: np.ndarray | None) -> dict[str, float]:
         """Which image domains' adapters embedded the pseudo-image(s), on average (empty
@@ -155,29 +189,69 @@ class Engine:
         mean = weights.mean(0)
         return {n: round(float(w), 2) for n, w in zip(self.encoder.domains, mean) if w > 0}
 
-    def pseudo_image(self, query: str) -> Image.Image | None:
-        """The pseudo-image of `query` for the person to see (the generator's cache answers
-        at once when the turn already drew it); None without a generator or on failure."""
+    def pseudo_image(self, query: str, steps: int | None = None) -> Image.Image | None:
+        """The pseudo-image of `query` for the person to see: the one its turn searched with,
+        if that turn drew one in `steps` steps (from the generator's cache), else drawn now;
+        None without a generator or on failure."""
         if self.generator is None or not self.profile.show_pseudo_image:
             return None
+        image = self.generator.cached(query, self.profile.generator.seed, steps)
+        if image is not None:
+            return image
         try:  # in the background: another session's search goes first
-            return self._draw(query, 1, background=True)[0]
+            return self._draw(query, 1, background=True).images[0]
         except GenerationError:
             return None
 
     def _text_rows(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.encoder.encode_texts(texts))
 
-    def _draw(self, query: str, n: int, background: bool = False) -> list[Image.Image]:
-        """n pseudo-images of `query`, drawn in one batch with concurrent turns' queries."""
-        seed = self.profile.generator.seed
+    def _draw(self, query: str, n: int, finish: Callable | None = None,
+              background: bool = False) -> _Drawn:
+        """n pseudo-images of `query`, drawn in one batch with concurrent turns' queries. On a
+        CPU a batch costs what its images cost one by one, so a big batch draws fewer steps
+        (`[generator] cpu_step_budget`). With `finish`, the same model call embeds the
+        images and hands finish their mean embedding: as calls of their own, the embedding
+        and the search would wait behind the next batch of drawings, which the model thread
+        starts the moment this one ends."""
+        spec = self.profile.generator
 
-        def draw(queries: list[str]) -> list[list[Image.Image]]:
-            images = self.generator.generate(queries, seed=seed, n=n)
-            return [images[i * n:(i + 1) * n] for i in range(len(queries))]
-        key = ("generate", id(self.generator), seed, n)
-        return self.model_thread.batched(key, draw, [query], self.profile.generator.batch_size,
-                                   background)[0]
+        def draw(items: list[tuple[str, Callable | None]]) -> list[_Drawn]:
+            steps = self.generator.steps
+            if self.generator.device.type == "cpu":
+                steps = spec.steps_for(len(items) * n, steps)
+            images = self.generator.generate([q for q, _ in items], seed=spec.seed, n=n,
+                                             steps=steps)
+            mine = [slice(i * n, (i + 1) * n) for i in range(len(items))]
+            if finish is None:
+                return [_Drawn(images[s], steps) for s in mine]
+            return self._embed_and_finish(images, steps, items, mine)
+        # Everything `draw` uses: a batch runs its first caller's closure for all.
+        key = ("generate", id(self.generator), id(self.encoder), spec, n, finish is not None)
+        return self.model_thread.batched(key, draw, [(query, finish)], spec.batch_size,
+                                         BACKGROUND if background else HEAVY)[0]
+
+    def _embed_and_finish(self, images: list[Image.Image], steps: int,
+                          items: list[tuple[str, Callable]], mine: list[slice]) -> list[_Drawn]:
+        """Embed a batch's pseudo-images and run each turn's search on its own. A turn whose
+        search fails gets its error back; the batch, already drawn, does not fail."""
+        began = time.perf_counter()
+        routed = getattr(self.encoder, "encode_images_routed", None)
+        vectors, weights = (routed(images) if routed is not None
+                            else (self.encoder.encode_images(images), None))
+        embed_ms = (time.perf_counter() - began) * 1e3
+        out = []
+        for (_, finish), s in zip(items, mine):
+            drawn = _Drawn(images[s], steps, None if weights is None else weights[s], embed_ms)
+            # The mean of K samples' embeddings: what the K drawings agree on.
+            g = vectors[s].mean(0, keepdims=True)
+            g /= np.linalg.norm(g, axis=1, keepdims=True)
+            try:
+                drawn.finished = finish(g)
+            except Exception as e:  # noqa: BLE001  (raised in that turn's own thread)
+                drawn.error = e
+            out.append(drawn)
+        return out
 
     def search_image(self, image: Image.Image, k: int | None = None) -> list[Hit]:
         """Query by example: the gallery images nearest to `image` (the encoder's space)."""

@@ -16,6 +16,13 @@ pseudo-images of concurrent sessions' turns) are merged into one call of the mod
 an answer comes, and a result only by float rounding (a batch runs other kernels; measured on
 the world generator: at most one level of one pixel channel in 255).
 
+Why light calls first: a turn makes a few calls of milliseconds (its text, the pseudo-image's
+embedding, the search) around one of hundreds (the drawing). Served oldest first, each light
+call of a turn waited behind whole drawings queued by other sessions, so with 8 sessions a
+turn waited for about three batches of drawings instead of one (docs/BENCHMARKS.md,
+"Concurrent sessions"). Now a heavy call runs only when no light call waits, and a
+background one (a picture drawn only to be shown) only when nothing else does.
+
 Why one BLAS thread for NumPy: its products in a turn are small (ADaFuSE's head, the
 questioner's scores, Rocchio), and OpenBLAS's workers spin for a while after each product,
 taking the cores from torch's next kernels. With one thread, the text stage of a world turn
@@ -34,6 +41,9 @@ from typing import Any
 
 from threadpoolctl import ThreadpoolController
 
+# A call's rank: of the waiting calls, the lowest rank runs first (then the oldest).
+LIGHT, HEAVY, BACKGROUND = 0, 1, 2  # milliseconds; a drawing; a drawing only to be shown
+
 
 @dataclass
 class _Call:
@@ -41,9 +51,10 @@ class _Call:
     items: list | None = None  # a batchable call: fn(items) -> one result per item
     key: Hashable | None = None
     max_batch: int = 1
-    background: bool = False  # runs only when no other call waits
+    rank: int = LIGHT  # which waiting call goes first: the lowest rank, then the oldest
     # The caller's context variables (Gradio's request, what ZeroGPU's spaces.GPU reads to
-    # know whose quota a call spends) go with the call; a batch runs in its first caller's.
+    # know whose quota a call spends) go with the call; a batch runs in its first caller's
+    # (so on ZeroGPU the first caller's quota pays for the whole batch).
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -69,13 +80,14 @@ class ModelThread:
         return self._wait(_Call(lambda: fn(*args, **kwargs)))
 
     def batched(self, key: Hashable, fn: Callable[[list], Sequence], items: Sequence,
-                max_batch: int, background: bool = False) -> list:
+                max_batch: int, rank: int = LIGHT) -> list:
         """fn's results for `items`, where fn maps a list of items to one result each. Calls
         waiting with an equal `key` are merged into one call of the first one's fn, so the
         key must name the model and the settings (encoder, seed, ...), not only the stage.
-        `background`: wait while any other call waits (a picture drawn only to be shown must
-        not hold up another session's search)."""
-        call = _Call(fn, list(items), key, max(max_batch, 1), background)
+        `rank`: HEAVY waits while a LIGHT call waits (a drawing must not hold up the quick
+        steps of other turns), BACKGROUND while any other call waits (a picture drawn only to
+        be shown must not hold up another session's search)."""
+        call = _Call(fn, list(items), key, max(max_batch, 1), rank)
         if not call.items:
             return []
         if self.here:
@@ -111,15 +123,16 @@ class ModelThread:
                 call.done.set()
 
     def _next_group(self) -> list[_Call]:
-        """The oldest call that is not in the background (else the oldest), with every
-        waiting call of its key that fits in its batch."""
-        first = next((c for c in self._calls if not c.background), self._calls[0])
+        """The oldest call of the lowest rank, with every waiting call of its key and rank
+        that fits in its batch (a picture only to be shown does not ride in a turn's batch)."""
+        first = min(self._calls, key=lambda call: call.rank)  # the first such: the oldest
         self._calls.remove(first)
         group, size = [first], len(first.items or ())
         if first.key is None:
             return group
         for other in list(self._calls):
-            if other.key == first.key and size + len(other.items) <= first.max_batch:
+            if (other.key == first.key and other.rank == first.rank
+                    and size + len(other.items) <= first.max_batch):
                 self._calls.remove(other)
                 group.append(other)
                 size += len(other.items)

@@ -93,9 +93,13 @@ class Profile:
         if self.generator.runtime == "onnx" and self.generator.kind != "world":
             raise ValueError(f"profile {self.name!r}: [generator] runtime onnx is for the "
                              f"world generator; a {self.generator.kind} generator runs on torch")
-        if self.generator.samples < 1:
-            raise ValueError(f"profile {self.name!r}: [generator] samples must be at least 1, "
-                             f"got {self.generator.samples}")
+        if self.generator.samples < 1 or self.generator.fewest_steps < 1:
+            raise ValueError(f"profile {self.name!r}: [generator] samples and fewest_steps must "
+                             f"be at least 1, got {self.generator.samples} and "
+                             f"{self.generator.fewest_steps}")
+        if self.generator.cpu_step_budget < 0:
+            raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget must be 0 "
+                             f"(off) or more, got {self.generator.cpu_step_budget}")
         if self.fusion_fallback not in BUILT_IN:
             raise ValueError(f"profile {self.name!r}: fusion_fallback must be one of "
                              f"{sorted(BUILT_IN)}, got {self.fusion_fallback!r}")

@@ -109,6 +109,7 @@ class Recorder:
                 decision=result.decision, domains=result.domains,
                 hits=[{"rank": h.rank, "path": h.path, "score": round(h.score, 5)}
                       for h in result.hits],
+                pseudo_image_steps=result.steps,
                 question=result.question, question_id=result.question_id,
                 options=result.options, notice=result.notice,
                 timings_ms={k: round(v, 2) for k, v in result.timings_ms.items()})

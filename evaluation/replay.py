@@ -107,7 +107,8 @@ def counterfactual(sessions: list[Session], engine, methods: dict, rounds: int =
                 kept = folder / s.id / f"{record.get('pseudo_image')}.png" if folder else None
                 image = (Image.open(kept).convert("RGB") if kept and kept.is_file() else
                          engine.generator.generate([query],
-                                                   seed=record.get("generator_seed", 0))[0])
+                                                   seed=record.get("generator_seed", 0),
+                                                   steps=record.get("pseudo_image_steps"))[0])
                 g = engine.encoder.encode_images([image])
             for name, fusion in methods.items():
                 q = fusion(t, g if fusion.uses_image else None, np.array([r])).query[0]

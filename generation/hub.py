@@ -41,11 +41,11 @@ class HubGenerator(Generator):
         self.identity = f"hub:{location}"
         self._call = gpu_decorated(self._call_pipe)
 
-    def _call_pipe(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    def _call_pipe(self, prompts: list[str], seeds: list[int], steps: int) -> list[Image.Image]:
         gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
-        return self.pipe(prompt=prompts, num_inference_steps=self.steps,
+        return self.pipe(prompt=prompts, num_inference_steps=steps,
                          guidance_scale=self.guidance, height=self.size, width=self.size,
                          generator=gens).images
 
-    def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        return self._call(prompts, seeds)
+    def _run(self, prompts: list[str], seeds: list[int], steps: int) -> list[Image.Image]:
+        return self._call(prompts, seeds, steps)

@@ -22,6 +22,20 @@ class GeneratorSpec:
     # folder's unet/model.onnx (`itir export-onnx`); auto = onnx on a CPU when the folder has
     # an export of these very weights, torch otherwise.
     runtime: str = "auto"
+    # On a CPU a batch of pseudo-images costs about what its images cost one by one, so a
+    # batch of n images (concurrent turns' x samples) draws min(steps, max(fewest_steps,
+    # cpu_step_budget // n)) steps: turns arriving at once wait for about cpu_step_budget
+    # image-steps of drawing, not n x steps. 0: always `steps`. A GPU draws a batch of small
+    # images for about the cost of one, and always draws `steps`.
+    cpu_step_budget: int = 0
+    fewest_steps: int = 2
+
+    def steps_for(self, images: int, steps: int) -> int:
+        """Denoising steps for a CPU batch of `images` pseudo-images, of a generator that
+        draws `steps` (see cpu_step_budget)."""
+        if not self.cpu_step_budget or images * steps <= self.cpu_step_budget:
+            return steps
+        return min(steps, max(self.fewest_steps, self.cpu_step_budget // images))
 
 
 def needs_text_tower(spec: GeneratorSpec) -> bool:

@@ -65,7 +65,7 @@ class WorldGenerator(Generator):
             return
         self.runtime = "onnx"
 
-    def _run(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    def _run(self, prompts: list[str], seeds: list[int], steps: int) -> list[Image.Image]:
         gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
-        return self.pipe(prompts, num_inference_steps=self.steps,
+        return self.pipe(prompts, num_inference_steps=steps,
                          guidance_scale=self.guidance, generator=gens).images

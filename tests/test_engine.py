@@ -1,6 +1,8 @@
 """The turn pipeline's seams: the pseudo-image, the round and failures reach the fusion and
 the person as they should. Real encoder, real (tiny) generator, real FAISS index."""
 
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +14,7 @@ from engine.factory import build_engine, ensure_index
 from engine.profile import GallerySpec, load_profile
 from fusion import DAR, TextOnly
 from generation.base import Generator
+from generation.spec import GeneratorSpec
 from generation.world import WorldGenerator
 
 
@@ -67,16 +70,142 @@ def test_fusion_gets_the_pseudo_image_embedding_and_the_round(parts, tiny_genera
         results[-1].timings_ms)
 
 
+def test_a_cpu_batch_draws_fewer_steps_the_more_images_it_holds():
+    spec = GeneratorSpec(steps=5, cpu_step_budget=10, fewest_steps=2)
+    assert [spec.steps_for(n, 5) for n in (1, 2, 3, 4, 5, 8)] == [5, 5, 3, 2, 2, 2]
+    assert spec.steps_for(8, 1) == 1  # never more than the generator's own
+    assert [GeneratorSpec(cpu_step_budget=0).steps_for(n, 5) for n in (1, 8)] == [5, 5]
+    with pytest.raises(ValueError, match="cpu_step_budget must be 0"):
+        load_profile("world", ["generator.cpu_step_budget=-1"])
+    with pytest.raises(ValueError, match="fewest_steps must be at least 1"):
+        load_profile("world", ["generator.fewest_steps=0"])
+
+
+def wait_for(condition) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.001)
+
+
+def block(models, running: bool = False) -> threading.Event:
+    """Queue a call that holds the model thread until the returned event is set; with
+    `running`, return once it holds it."""
+    release, started = threading.Event(), threading.Event()
+    threading.Thread(target=models.run, args=(lambda: (started.set(), release.wait(10)),),
+                     daemon=True).start()
+    if running:
+        assert started.wait(10)
+    return release
+
+
+def in_threads(calls: dict) -> tuple[list[threading.Thread], dict]:
+    results = {}
+
+    def run(name, call):
+        try:
+            results[name] = call()
+        except Exception as e:  # noqa: BLE001  (the test looks at it)
+            results[name] = e
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+    for thread in threads:
+        thread.start()
+    return threads, results
+
+
+def test_turns_drawing_together_draw_fewer_steps_and_show_what_they_searched(
+        parts, tiny_world_pipeline, text_tower):
+    profile, encoder, index = parts
+    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=8,
+                                                 fewest_steps=1))
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=4, guidance=2.0)
+    engine = Engine(profile, encoder, index, DAR(), generator)
+    models = engine.model_thread
+    assert engine.search("a red circle").steps == 4  # one turn draws all its steps
+    # Four drawings queue while the model thread is busy, and go as one batch.
+    release = block(models, running=True)
+    queries = ["a blue square", "a green star", "a big circle", "two triangles"]
+    threads, drawn = in_threads({q: lambda q=q: engine._draw(q, 1) for q in queries})
+    wait_for(lambda: len(models._calls) == len(queries))
+    calls = generator.model_calls
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert generator.model_calls == calls + 1
+    assert {d.steps for d in drawn.values()} == {2}  # 4 images x 4 steps > 8: 8 // 4
+    for q in queries:  # the picture shown is the one searched with, not drawn again
+        shown = engine.pseudo_image(q, drawn[q].steps)
+        assert np.array_equal(np.asarray(shown), np.asarray(drawn[q].images[0]))
+    assert generator.model_calls == calls + 1
+    full = engine.pseudo_image(queries[0])  # asked for all its steps: drawn now
+    assert generator.model_calls == calls + 2
+    assert not np.array_equal(np.asarray(full), np.asarray(drawn[queries[0]].images[0]))
+
+
+class Picky(DAR):
+    """DAR that fails at round 7, to see one turn's failure stay that turn's."""
+
+    calls = 0
+
+    def __call__(self, t, g, rounds):
+        self.calls += 1
+        if rounds[0] == 7:
+            raise ValueError("no fusing at round 7")
+        return super().__call__(t, g, rounds)
+
+
+def test_turns_searched_in_one_drawing_call_each_get_their_own_results(
+        parts, tiny_world_pipeline, text_tower):
+    profile, encoder, index = parts
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=2, guidance=2.0)
+    fusion = Picky()
+    engine = Engine(profile, encoder, index, fusion, generator)
+    models = engine.model_thread
+    turns = {"a blue square": dict(round_=0), "a green star": dict(round_=2),
+             "a big red circle": dict(round_=3, liked=[index.paths[0]],
+                                      rejected=[index.paths[1]]),
+             "two triangles": dict(round_=7)}
+    alone = {q: engine.search(q, **kw) for q, kw in turns.items() if kw["round_"] != 7}
+    generator._cache.clear()
+    # Hold the model thread while the four texts queue, then again while the four drawings
+    # queue, so that the drawings (and the searches after them) go as one call.
+    release_texts = block(models, running=True)
+    threads, results = in_threads({q: lambda q=q, kw=kw: engine.search(q, **kw)
+                                   for q, kw in turns.items()})
+    wait_for(lambda: len(models._calls) == len(turns))
+    release_drawings = block(models)
+    wait_for(lambda: len(models._calls) == 1 + len(turns))
+    calls = generator.model_calls
+    release_texts.set()
+    wait_for(lambda: len(models._calls) == len(turns))  # the four drawings wait
+    release_drawings.set()
+    for thread in threads:
+        thread.join(10)
+    assert generator.model_calls == calls + 1  # one batch
+    assert fusion.calls == 3 + 4  # each turn fused once: the batch did not fail and run again
+    assert isinstance(results["two triangles"], ValueError)  # that turn's own failure
+    for q, before in alone.items():
+        now = results[q]
+        assert now.steps == 2 and now.decision == before.decision
+        assert np.allclose(now.query_vector, before.query_vector, atol=1e-3)
+        assert [h.path for h in now.hits][:3] == [h.path for h in before.hits][:3]
+        assert now.timings_ms["generate"] >= 0 and "embed_image" in now.timings_ms
+    assert index.paths[1] not in [h.path for h in results["a big red circle"].hits]
+    vectors = [v / np.linalg.norm(v) for v in (results[q].query_vector[0] for q in alone)]
+    assert max(float(a @ b) for i, a in enumerate(vectors) for b in vectors[i + 1:]) < 0.999
+
+
 class FailingGenerator(Generator):
     """Fault injection: a generator whose model fails the way a GPU out of memory does."""
 
     identity, steps, guidance, size = "failing", 1, 0.0, 32
+    device = torch.device("cpu")
 
     def __init__(self, error: Exception):
         super().__init__()
         self.error = error
 
-    def _run(self, prompts, seeds):
+    def _run(self, prompts, seeds, steps):
         raise self.error
 
 

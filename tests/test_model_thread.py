@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine.model_thread import ModelThread
+from engine.model_thread import BACKGROUND, HEAVY, ModelThread
 from ui.chat import SessionLocks
 
 
@@ -102,13 +102,21 @@ def test_a_failing_batch_is_run_again_call_by_call_so_only_the_bad_call_fails():
     assert models.run(lambda: "still serving") == "still serving"
 
 
-def test_a_background_call_waits_while_others_wait():
+def test_light_calls_go_before_heavy_ones_and_background_calls_go_last():
     models, order = ModelThread(), []
+
+    def log(items):
+        order.extend(items)
+        return items
     with Busy(models) as busy:
-        busy.queue(lambda: models.batched("draw", lambda xs: order.extend(xs) or xs,
-                                          ["shown"], 4, background=True))
+        busy.queue(lambda: models.batched("draw", log, ["shown"], 4, BACKGROUND))
+        busy.queue(lambda: models.batched("draw", log, ["drawing a"], 4, HEAVY))
         busy.queue(lambda: models.run(order.append, "search"))
-    assert order == ["search", "shown"]
+        busy.queue(lambda: models.batched("text", log, ["text b"], 4))
+        busy.queue(lambda: models.batched("draw", log, ["drawing b"], 4, HEAVY))
+    # A turn's quick steps do not wait behind other sessions' drawings; the drawings still
+    # go in one batch, oldest first; the picture only to be shown waits for all of them.
+    assert order == ["search", "text b", "drawing a", "drawing b", "shown"]
 
 
 def test_a_call_runs_in_its_callers_context():

@@ -80,8 +80,13 @@ def _status(result: TurnResult, engine: Engine) -> str:
         routed = " · **Domains:** pseudo-image routed to " + ", ".join(
             f"{as_text(n)} {w:.0%}" for n, w in sorted(result.domains.items(),
                                                     key=lambda kv: -kv[1]))
-    return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)}{routed} · "
-            f"**Gallery:** {len(engine.index)} images · {timings}")
+    busy = ""
+    if result.steps is not None and engine.generator is not None \
+            and result.steps < engine.generator.steps:  # cpu_step_budget: searches at once
+        busy = (f" · pseudo-image in {result.steps} of {engine.generator.steps} steps "
+                "(the CPU was drawing several at once)")
+    return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)}{routed}"
+            f"{busy} · **Gallery:** {len(engine.index)} images · {timings}")
 
 
 def shown(image: Image.Image | None) -> Image.Image | None:
@@ -92,7 +97,7 @@ def shown(image: Image.Image | None) -> Image.Image | None:
 
 def empty_state(fusion: str = "") -> dict:
     return {"dialog": DialogState().to_dict(), "history": [], "hits": [], "selected": None,
-            "fusion": fusion, "query": None}
+            "fusion": fusion, "query": None, "steps": None}
 
 
 class SessionLocks:
@@ -187,6 +192,7 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
                  "hits": ([(h.path, h.score) for h in result.hits] if result
                           else state["hits"]),
                  "query": result.query if result else state.get("query"),
+                 "steps": result.steps if result else state.get("steps"),
                  "selected": None if result else state["selected"]}
         return render(state, result)
 
@@ -225,10 +231,11 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         return handler
 
     def draw(state: dict, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        query = state.get("query")  # read once: the session's next turn may rewrite it
+        # Read once: the session's next turn may rewrite them.
+        query, steps = state.get("query"), state.get("steps")
         if not query:
             return gr.skip()
-        image = engine.pseudo_image(query)  # exactly what the turn searched
+        image = engine.pseudo_image(query, steps)  # exactly what the turn searched
         return shown(image) if image is not None else gr.skip()
 
     def choose_fusion(name: str, state: dict):
