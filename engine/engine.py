@@ -112,6 +112,12 @@ class Engine:
             if name not in self.fusions and (generator is not None or not cls.uses_image):
                 self.fusions[name] = cls()
 
+    def describe(self) -> str:
+        """What runs, as loaded: the profile's `auto` choices resolved."""
+        drawn = ("no pseudo-images" if self.generator is None else
+                 f"pseudo-images in {self.generator.steps} steps on {self.generator.runtime}")
+        return f"fusion {self.fusion.name} · {drawn} · {len(self.index)} images"
+
     def search(self, query: str, round_: int = 0, k: int | None = None,
                liked: list[str] = (), rejected: list[str] = (),
                fusion: Fusion | None = None, display: bool = True) -> TurnResult:

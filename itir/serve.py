@@ -28,6 +28,7 @@ def build_app(profile: Profile | str | None = None, overrides: tuple[str, ...] =
     from engine.factory import build_engine
 
     engine = build_engine(profile)
+    print(f"itir: running {engine.describe()}", file=sys.stderr)
     from ui.chat import build_ui
 
     return build_ui(engine), engine

@@ -279,8 +279,8 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
                                       height=160, interactive=False, elem_id="pseudo")
                     status = gr.Markdown()
         notice = f" · {html.escape(engine.notice)}" if engine.notice else ""
-        gr.Markdown(f"<small>{engine.profile.describe()} · {len(engine.index)} images"
-                    f"{notice}</small>", elem_id="footer")
+        gr.Markdown(f"<small>{engine.profile.describe()} · running "
+                    f"{html.escape(engine.describe())}{notice}</small>", elem_id="footer")
         # What the answer buttons show, for API clients (buttons are not API outputs).
         asked = gr.JSON(visible=False)
         outputs = [box, chat, gallery, pseudo, status, *answers, picked, asked, state]
