@@ -141,6 +141,12 @@ def test_turns_drawing_together_draw_fewer_steps_and_show_what_they_searched(
     full = engine.pseudo_image(queries[0])  # asked for all its steps: drawn now
     assert generator.model_calls == calls + 2
     assert not np.array_equal(np.asarray(full), np.asarray(drawn[queries[0]].images[0]))
+    from ui.chat import _status  # the person is told
+
+    busy = replace(engine.search(queries[0]), steps=2)
+    assert "pseudo-image in 2 of 4 steps (the CPU was drawing several at once)" in \
+        _status(busy, engine)
+    assert "steps (the CPU" not in _status(replace(busy, steps=4), engine)
 
 
 class Picky(DAR):
