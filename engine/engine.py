@@ -300,7 +300,9 @@ class Engine:
         if self.questioner is None or not hits:
             return None
         top = hits[: self.profile.questions.top_k]
-        return self.questioner.ask(self.index.vectors_of([h.id for h in top]), state.asked)
+        said = " / ".join(turn.answer for turn in state.turns)  # the person's own words
+        return self.questioner.ask(self.index.vectors_of([h.id for h in top]), state.asked,
+                                   said)
 
     def turn(self, state: DialogState, k: int | None = None,
              fusion: Fusion | None = None, display: bool = True) -> TurnResult:

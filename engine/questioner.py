@@ -10,13 +10,20 @@ assignment minus the mean entropy of each result's assignment. (DESIGN and the i
 question that no result can be read for, whose mean assignment is flat too, from looking
 as good as one that splits the results. The two agree when results are assigned
 confidently.) The answers offered are the likeliest ones among the results.
+
+A question is not asked when the person's own words already answer it: a bank may list how
+people say an answer (`said`, e.g. "{} background"), and "a red circle on a blue background"
+then leaves "what color is the background?" unasked, where results that all show blue
+backgrounds could still look split to a noisy text-image score.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,18 @@ class Question:
     text: str
     prompt: str  # "{}" marks where the answer goes
     answers: tuple[str, ...]
+    said: tuple[str, ...] = ()  # how a person states an answer unasked ("{} background")
+
+    def stated_in(self, text: str) -> bool:
+        """Whether `text` (the person's words) states one of the answers as `said` says."""
+        return bool(self.said) and self._said.search(text) is not None
+
+    @cached_property
+    def _said(self) -> re.Pattern:
+        answer = "(?:" + "|".join(re.escape(a) for a in self.answers) + ")"
+        forms = (re.escape(form).replace(re.escape("{}"), answer) for form in self.said)
+        # Whole words: "blue" is not said in "blues"; a form may end in punctuation.
+        return re.compile(r"(?<!\w)(?:" + "|".join(forms) + r")(?!\w)", re.IGNORECASE)
 
 
 @dataclass
@@ -52,10 +71,13 @@ def load_bank(name_or_path: str) -> list[Question]:
     bank = []
     for q in questions:
         if not (q.get("id") and q.get("text") and "{}" in q.get("prompt", "")
-                and len(q.get("answers", [])) >= 2):
+                and len(q.get("answers", [])) >= 2
+                and all("{}" in form for form in q.get("said", []))):
             raise ValueError(f"{path}: every [[question]] needs id, text, a prompt with {{}} "
-                             f"and at least two answers (got {q})")
-        bank.append(Question(q["id"], q["text"], q["prompt"], tuple(q["answers"])))
+                             f"and at least two answers; each `said` form needs {{}} too "
+                             f"(got {q})")
+        bank.append(Question(q["id"], q["text"], q["prompt"], tuple(q["answers"]),
+                             tuple(q.get("said", ()))))
     return bank
 
 
@@ -64,7 +86,8 @@ def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 class Questioner:
-    """`ask(result_vectors, asked_ids)` -> the next question, or None when all are asked."""
+    """`ask(result_vectors, asked_ids, said)` -> the next question, or None when every one
+    is asked or answered in what the person said."""
 
     def __init__(self, bank: list[Question], encoder, temperature: float = 0.05,
                  strategy: str = "information", options: int = 3, seed: int = 0):
@@ -89,8 +112,9 @@ class Questioner:
             out.append(p / p.sum(1, keepdims=True))
         return out
 
-    def ask(self, vectors: np.ndarray, asked: list[str]) -> Asked | None:
-        open_ = [i for i, q in enumerate(self.bank) if q.id not in asked]
+    def ask(self, vectors: np.ndarray, asked: list[str], said: str = "") -> Asked | None:
+        open_ = [i for i, q in enumerate(self.bank)
+                 if q.id not in asked and not q.stated_in(said)]
         if not open_ or len(vectors) == 0:
             return None
         assign = self.assignments(vectors)

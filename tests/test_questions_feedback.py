@@ -35,6 +35,12 @@ def test_questioner_asks_what_splits_the_results_and_offers_likely_answers():
     assert sorted(asked.options) == ["b1", "b2"]  # b3 fits no result: not offered
     assert questioner.ask(results, asked=["split"]).question.id == "agree"
     assert questioner.ask(results, asked=["split", "agree"]) is None
+    # What the person already said is not asked again, however the results split on it.
+    said = (replace(bank[0], said=("{} for a",)), replace(bank[1], said=("b is {}", "{}!")))
+    stated = Questioner(list(said), encoder, temperature=0.1)
+    assert stated.ask(results, [], "I want b2! And it is big").question.id == "agree"
+    assert stated.ask(results, [], "B IS B3 / a1 for a") is None  # any answer, any case
+    assert stated.ask(results, [], "b1s are nice, xa2 for a").question.id == "split"  # words
     baseline = Questioner(bank, encoder, strategy="random", seed=1)
     assert {baseline.ask(results, []).question.id for _ in range(20)} == {"agree", "split"}
     with pytest.raises(ValueError, match="information or random"):
@@ -50,6 +56,14 @@ def test_question_banks_are_data_and_bad_ones_are_explained(tmp_path):
     bad.write_text('[[question]]\nid = "x"\ntext = "?"\nprompt = "no slot"\nanswers = ["a", "b"]')
     with pytest.raises(ValueError, match="a prompt with"):
         load_bank(str(bad))
+    bad.write_text('[[question]]\nid = "x"\ntext = "?"\nprompt = "{}"\nanswers = ["a", "b"]\n'
+                   'said = ["no slot"]')
+    with pytest.raises(ValueError, match="each `said` form needs"):
+        load_bank(str(bad))
+    background = {q.id: q for q in world}["background"]
+    assert background.stated_in("a red circle on a blue background")
+    assert background.stated_in("a yellow star over white")
+    assert not background.stated_in("a blue circle on the left")
     with pytest.raises(FileNotFoundError, match="no question bank 'nope'"):
         load_bank("nope")
 
