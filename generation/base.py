@@ -65,7 +65,9 @@ class Generator(ABC):
         """The cached image of (prompt, seed) in `steps` steps (default: the generator's),
         if any: what a turn that drew it searched with, for showing without drawing again."""
         # No lock: one dict lookup is atomic, and this must not wait for a drawing under way.
-        image = self._cache.get(self.cache_key(prompt.strip(), seed, steps or self.steps))
+        prompt = check_prompts([prompt])[0]  # the key `generate` stored it under
+        image = self._cache.get(self.cache_key(prompt, seed, self.steps if steps is None
+                                               else steps))
         return image.copy() if image is not None else None
 
     def _generate(self, prompts: list[str], seed: int, n: int, steps: int) -> list[Image.Image]:
