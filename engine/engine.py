@@ -116,7 +116,9 @@ class Engine:
         """What runs, as loaded: the profile's `auto` choices resolved."""
         drawn = ("no pseudo-images" if self.generator is None else
                  f"pseudo-images in {self.generator.steps} steps on {self.generator.runtime}")
-        return f"fusion {self.fusion.name} · {drawn} · {len(self.index)} images"
+        # The world encoder's text side may run on ONNX Runtime; a hub encoder's on torch.
+        text = f"text on {getattr(self.encoder, 'runtime', 'torch')}"
+        return f"fusion {self.fusion.name} · {text} · {drawn} · {len(self.index)} images"
 
     def search(self, query: str, round_: int = 0, k: int | None = None,
                liked: list[str] = (), rejected: list[str] = (),

@@ -48,9 +48,10 @@ def load_models(profile: Profile, with_encoder: bool = True,
     shared = ((with_encoder and retrieval_spec.needs_text_tower(enc))
               or (with_generator and generation_spec.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
-    encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec)
+    graphs = Path(profile.onnx_folder).expanduser() if profile.onnx_folder else home() / "onnx"
+    encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec, graphs)
                if with_encoder else None)
-    generator = (generation.load_generator(gen, device, tower, profile.torch_dtype)
+    generator = (generation.load_generator(gen, device, tower, profile.torch_dtype, graphs)
                  if with_generator else None)
     return Models(encoder, generator, tower)
 

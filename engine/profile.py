@@ -78,6 +78,9 @@ class Profile:
     feedback: FeedbackSpec = field(default_factory=FeedbackSpec)
     recording: RecordingSpec = field(default_factory=RecordingSpec)
     index: str | None = None  # None: ITIR_HOME/indexes/<name>-<gallery>.itirx
+    # ONNX graphs of the text side (runtime onnx/auto), exported on first use and named by
+    # their weights' digest, so any number of homes may share one folder. "": ITIR_HOME/onnx
+    onnx_folder: str = ""
     domains: DomainSpec = field(default_factory=DomainSpec)
 
     def __post_init__(self):
@@ -90,6 +93,12 @@ class Profile:
         if self.generator.runtime not in RUNTIMES:
             raise ValueError(f"profile {self.name!r}: [generator] runtime must be one of "
                              f"{', '.join(RUNTIMES)}, got {self.generator.runtime!r}")
+        if self.encoder.runtime not in RUNTIMES:
+            raise ValueError(f"profile {self.name!r}: [encoder] runtime must be one of "
+                             f"{', '.join(RUNTIMES)}, got {self.encoder.runtime!r}")
+        if self.encoder.runtime == "onnx" and self.encoder.kind != "world":
+            raise ValueError(f"profile {self.name!r}: [encoder] runtime onnx is for the world "
+                             f"encoder; a {self.encoder.kind} encoder runs on torch")
         if self.generator.runtime == "onnx" and self.generator.kind != "world":
             raise ValueError(f"profile {self.name!r}: [generator] runtime onnx is for the "
                              f"world generator; a {self.generator.kind} generator runs on torch")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from generation.base import Generator
 from generation.spec import GENERATOR_KINDS, GeneratorSpec
 from retrieval.text_tower import TextTower
 
 
 def load_generator(spec: GeneratorSpec, device: str = "cpu",
-                   text_tower: TextTower | None = None, dtype: str = "float32"
-                   ) -> Generator | None:
+                   text_tower: TextTower | None = None, dtype: str = "float32",
+                   onnx_folder: str | Path | None = None) -> Generator | None:
+    """`onnx_folder`: where the world generator keeps the ONNX graph of the text tower's
+    layers it reads (spec.runtime; its UNet's graph ships with its weights)."""
     if spec.kind == "none":
         return None
     if spec.kind == "world":
@@ -18,7 +22,8 @@ def load_generator(spec: GeneratorSpec, device: str = "cpu",
         if text_tower is None:
             raise ValueError("the world generator needs the text tower it was trained on")
         return WorldGenerator(spec.location, text_tower, steps=spec.steps,
-                              guidance=spec.guidance, device=device, runtime=spec.runtime)
+                              guidance=spec.guidance, device=device, runtime=spec.runtime,
+                              onnx_folder=onnx_folder)
     if spec.kind == "hub":
         from generation.hub import HubGenerator
 

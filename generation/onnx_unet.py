@@ -26,6 +26,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from generation.spec import GenerationError
+from retrieval.onnx_graph import cpu_session
 from retrieval.weights import tensor_digest
 
 ONNX_FILE = "model.onnx"
@@ -100,21 +101,14 @@ class OnnxUNet:
         if not path.is_file():
             raise GenerationError(f"{Path(folder)} has no {ONNX_FILE}; {fix}")
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as e:
             raise GenerationError(f"onnxruntime is not installed ({e}); `pip install "
                                   "onnxruntime`, or set generator.runtime=torch") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Between the UNet calls torch runs the layout parser and the scheduler. Workers that
-        # spin while waiting for work steal the cores from the other library: two alternating
-        # thread pools measured ~2x slower each than one.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # warnings about unused initialisers are not the user's
         try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
+            # Between the UNet calls torch runs the layout parser and the scheduler: the
+            # session's threads sleep rather than spin (see cpu_session).
+            self.session = cpu_session(path, threads)
         except Exception as e:  # a truncated or foreign file: say which and what to do
             raise GenerationError(f"could not load {path} ({e}); {fix}") from e
         found = self.session.get_modelmeta().custom_metadata_map.get(TAG_KEY)

@@ -14,6 +14,10 @@ class EncoderSpec:
     kind: str = "world"  # world | clip | blip
     location: str = "assets/world-encoder"  # folder or hub id
     batch_size: int = 64
+    # World encoder only: how its text side (MiniLM's layers and the trained head) runs.
+    # onnx = ONNX Runtime on the CPU, from graphs exported on first use into ITIR_HOME/onnx;
+    # auto = onnx on a CPU where the export works, torch otherwise.
+    runtime: str = "auto"
 
 
 def needs_text_tower(spec: EncoderSpec) -> bool:

@@ -1,9 +1,10 @@
 """The locked all-MiniLM-L6-v2 text tower: texts -> contextual token states.
 
 Both the world dual encoder (through a trained head) and the world generator (through
-cross-attention) read these states, so one forward pass per query serves both, and the
-weights are loaded once per process. A reader may take the states from below the top
-layers and run its own trained copy of those (`top_layers`): the tower itself never changes.
+cross-attention) read these states, and the weights are loaded once per process. A reader
+may take the states from below the top layers and run its own trained copy of those
+(`top_layers`): the tower itself never changes. Only the layers a reader needs run, and on a
+CPU they can run on ONNX Runtime (`use_onnx`, retrieval/onnx_graph.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from retrieval.device import offline_kwargs
+from retrieval.onnx_graph import OnnxGraph, TokenLayers
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 128  # a ten-round dialog is about 110 tokens
@@ -63,11 +67,13 @@ class TextTower(torch.nn.Module):
         self.max_tokens = max_tokens
         self.width = self.model.config.hidden_size
         self.depth = self.model.config.num_hidden_layers
-        # Per turn the encoder and the generator both read the query's states: remember the
-        # last few small calls so the second reader gets them without a second forward pass.
-        self._memo: OrderedDict[tuple[str, ...],
-                                tuple[tuple[torch.Tensor, ...], torch.Tensor]] = OrderedDict()
+        # The last few small calls, so a reader asking again gets them without a second pass.
+        self._memo: OrderedDict[tuple[tuple[str, ...], int],
+                                tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._each: OrderedDict[str, torch.Tensor] = OrderedDict()  # see states_each
+        # The tower's layers 1..depth over the embedding layer's states, per depth read.
+        self._stacks: dict[int, Callable] = {}
+        self._onnx: tuple[Path, int] | None = None  # see use_onnx
         # A fast tokenizer and the memos must not be used from two threads at once.
         self.lock = threading.RLock()
         self._counter_lock = threading.Lock()
@@ -81,8 +87,54 @@ class TextTower(torch.nn.Module):
         if not -self.depth - 1 <= layer < self.depth + 1:
             raise ValueError(f"the text tower has hidden layers 0..{self.depth}, not {layer}")
         with self.lock:
-            hidden, mask = self._forward(texts)
-            return hidden[layer], mask
+            return self._states(texts, layer % (self.depth + 1))
+
+    def use_onnx(self, folder: str | Path, threads: int, depths: list[int]) -> None:
+        """Run the layers on ONNX Runtime from now on, each depth read as one graph exported
+        into `folder` on first use (~3 s). The graphs of `depths` are made now, so that no
+        reader waits for an export; if that fails, RuntimeError, and the tower stays on
+        torch. The states are the torch tower's to ~1e-6."""
+        if self.device.type != "cpu":
+            raise ValueError(f"ONNX Runtime runs the text tower on the CPU, not {self.device}")
+        with self.lock:
+            self._onnx, self._stacks = (Path(folder), threads), {}
+            self._memo.clear()
+            try:
+                for depth in depths:
+                    self.stack(depth)
+            except RuntimeError:
+                self._onnx, self._stacks = None, {}
+                raise
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self._onnx is None else "onnx"
+
+    def layers(self, depth: int) -> list[nn.Module]:
+        """The tower's layers 1..depth (its own modules, not copies)."""
+        return list(self.model.encoder.layer[:depth])
+
+    def embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding layer's states [B,L,W] (hidden layer 0) and the mask [B,L]: what
+        the tower's layers, or a reader's graph of them (`TokenLayers`), take."""
+        with self.lock:
+            batch = self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.max_tokens, return_tensors="pt"
+                                   ).to(self.device)
+        with torch.no_grad():
+            states = self.model.embeddings(input_ids=batch["input_ids"],
+                                           token_type_ids=batch.get("token_type_ids"))
+        return states, batch["attention_mask"].bool()
+
+    def stack(self, depth: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`(embedded states, mask) -> states of hidden layer depth`, on the tower's runtime;
+        built (and, on ONNX Runtime, exported) on the first call for each depth."""
+        if depth not in self._stacks:
+            layers = TokenLayers(self.layers(depth))
+            self._stacks[depth] = (layers if self._onnx is None else
+                                   OnnxGraph(layers, self.width, self._onnx[0],
+                                             f"text-tower-{depth}", self._onnx[1]))
+        return self._stacks[depth]
 
     def top_layers(self, count: int) -> nn.ModuleList:
         """Trainable copies of the tower's top `count` layers, as torch encoder layers that
@@ -108,8 +160,7 @@ class TextTower(torch.nn.Module):
         with self.lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._each))
             if missing:
-                hidden, mask = self._forward(missing)
-                states = hidden[-1]
+                states, mask = self._states(missing, self.depth)
                 for i, text in enumerate(missing):
                     self._each[text] = states[i, mask[i]]
             out = []
@@ -124,24 +175,22 @@ class TextTower(torch.nn.Module):
         with self._counter_lock:
             return len(self._counter(text)["input_ids"])
 
-    def _forward(self, texts: list[str]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Every hidden layer's states (embeddings first) and the mask."""
-        key = tuple(texts)
+    def _states(self, texts: list[str], depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states of hidden layer `depth` (0: the embedding layer) and the mask."""
+        key = (tuple(texts), depth)
         if key in self._memo:
             self._memo.move_to_end(key)
             return self._memo[key]
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
-                               max_length=self.max_tokens, return_tensors="pt").to(self.device)
-        # The hidden layers come at no extra compute; a reader that runs its own top layers
-        # (the world encoder) takes its states from below them.
-        hidden = self.model(**batch, output_hidden_states=True).hidden_states
-        out = hidden, batch["attention_mask"].bool()
-        if len(key) <= 4:
+        states, mask = self.embed(texts)
+        if depth:
+            with torch.no_grad():
+                states = self.stack(depth)(states, mask)
+        out = states, mask
+        if len(texts) <= 4:
             self._memo[key] = out
             if len(self._memo) > 16:
                 self._memo.popitem(last=False)
         return out
-
 
 def bert_layer_copy(block: nn.Module, heads: int, eps: float) -> nn.TransformerEncoderLayer:
     """A BERT layer's weights in a torch encoder layer: post-norm, exact GELU, fused q/k/v."""

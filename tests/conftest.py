@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Session records of test runs go to a temporary folder, not the user's ITIR_HOME.
 os.environ.setdefault("ITIR_RECORDING_FOLDER", __import__("tempfile").mkdtemp(prefix="itir-rec-"))
+# The text side's ONNX graphs are exported once per run (~30 s), not once per ITIR_HOME.
+os.environ.setdefault("ITIR_ONNX_FOLDER", __import__("tempfile").mkdtemp(prefix="itir-onnx-"))
 torch.set_num_threads(2)
 
 CHARS = "abcdefghijklmnopqrstuvwxyz"
@@ -110,6 +112,12 @@ def text_tower():
     from retrieval.text_tower import TextTower
 
     return TextTower()
+
+
+@pytest.fixture(scope="session")
+def onnx_folder():
+    """The run's folder of text-side ONNX graphs (what the engine's tests share)."""
+    return Path(os.environ["ITIR_ONNX_FOLDER"])
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,8 @@ def expected_hits(engine, q, k):
 def test_fusion_gets_the_pseudo_image_embedding_and_the_round(parts, tiny_generator):
     profile, encoder, index = parts
     engine = Engine(profile, encoder, index, DAR(), tiny_generator)
-    assert engine.describe() == "fusion dar · pseudo-images in 2 steps on torch · 24 images"
+    assert engine.describe() == ("fusion dar · text on torch · pseudo-images in 2 steps on "
+                                 "torch · 24 images")
     session = engine.session()
     results = [session.send(m) for m in ("a red circle", "it is large", "the background is blue")]
     assert [r.round for r in results] == [0, 1, 2]

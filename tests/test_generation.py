@@ -13,6 +13,7 @@ from generation.onnx_unet import ONNX_FILE, OnnxUNet, export_unet, unet_tag
 from generation.spec import GenerationError
 from generation.world import WorldGenerator
 from generation.world_pipeline import WorldGeneratorPipeline
+from retrieval.text_tower import TextTower
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,19 @@ def test_onnx_runtime_draws_what_torch_draws(exported_tiny_pipeline, text_tower)
             drawn = zip(on_onnx.generate(batch, seed=7), on_torch.generate(batch, seed=7))
             for x, y in drawn:
                 assert np.abs(pixels(x) - pixels(y)).max() <= 1
+
+
+def test_the_text_tower_the_generator_reads_runs_on_onnx_too(exported_tiny_pipeline,
+                                                             text_tower, onnx_folder):
+    """Given a graph folder, the generator also runs the tower's layers (the clauses the
+    layout parser reads) on ONNX Runtime, and draws what it draws on torch."""
+    tower = TextTower()
+    on_onnx = WorldGenerator(exported_tiny_pipeline, tower, steps=3, onnx_folder=onnx_folder)
+    on_torch = WorldGenerator(exported_tiny_pipeline, text_tower, steps=3, runtime="torch")
+    assert (tower.runtime, text_tower.runtime) == ("onnx", "torch")
+    prompts = ["a small green star, how many objects are there? two", "a red circle on blue"]
+    for x, y in zip(on_onnx.generate(prompts, seed=3), on_torch.generate(prompts, seed=3)):
+        assert np.abs(pixels(x) - pixels(y)).max() <= 1
 
 
 def test_onnx_export_that_cannot_be_used_is_never_drawn_with(exported_tiny_pipeline,

@@ -1,0 +1,103 @@
+"""The text side on ONNX Runtime: the states and embeddings torch gives, from graphs exported
+once per weights into a cache folder."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from retrieval.encoders import WorldEncoder
+from retrieval.onnx_graph import OnnxGraph, TokenLayers
+from retrieval.text_tower import TextTower
+
+# Lengths that differ (padding) and one past the tower's 128 tokens (truncated): no graph may
+# keep the lengths it was traced with.
+TEXTS = ["hi", "a large blue square in the top left over green, what color is the "
+         "background? green", "two red circles", "far " * 200]
+
+
+def test_the_towers_layers_compute_what_the_transformers_model_does(text_tower):
+    """The tower runs only the layers a reader asks for, over its embedding layer's states:
+    at every depth they are the states of transformers' own forward pass."""
+    batch = text_tower.tokenizer(TEXTS, padding=True, truncation=True, max_length=128,
+                                 return_tensors="pt")
+    with torch.no_grad():
+        hidden = text_tower.model(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].bool()
+    for layer in (0, 1, 4, 6, -1, -3):
+        states, got = text_tower(TEXTS, layer)
+        assert torch.equal(got, mask)
+        assert torch.allclose(states[mask], hidden[layer][mask], atol=1e-5)
+
+
+def test_the_tower_on_onnx_gives_the_torch_states(text_tower, onnx_folder):
+    tower = TextTower()
+    tower.use_onnx(onnx_folder, threads=2, depths=[6])
+    assert (tower.runtime, text_tower.runtime) == ("onnx", "torch")
+    assert len(list(onnx_folder.glob("text-tower-6-v1-*.onnx"))) == 1
+    for texts in (TEXTS, TEXTS[1:2]):
+        (ours, mask), (ref, ref_mask) = tower(texts), text_tower(texts)
+        assert torch.equal(mask, ref_mask)
+        assert torch.allclose(ours[mask], ref[mask], atol=1e-4)
+    clauses = ["a small green star", "how many objects are there? two"]
+    for ours, ref in zip(tower.states_each(clauses), text_tower.states_each(clauses)):
+        assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_the_world_encoder_on_onnx_embeds_as_on_torch(random_world_encoder_dir,
+                                                      random_world_encoder, text_tower,
+                                                      onnx_folder):
+    """Tower layers and head run as one graph; the embeddings, and so the identity that
+    caches and indexes are keyed by, stay the torch encoder's."""
+    enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
+                       onnx_folder=onnx_folder)
+    assert (enc.runtime, random_world_encoder.runtime) == ("onnx", "torch")
+    assert enc.identity == random_world_encoder.identity
+    assert enc.text_identity == random_world_encoder.text_identity
+    for texts in (TEXTS, TEXTS[:1]):
+        assert np.allclose(enc.encode_texts(texts), random_world_encoder.encode_texts(texts),
+                           atol=1e-5)
+
+
+def test_an_export_that_fails_is_torch_under_auto_and_an_error_under_onnx(
+        random_world_encoder_dir, text_tower, tmp_path):
+    blocked = tmp_path / "a-file"  # the graph folder's place is taken by a file
+    blocked.write_text("")
+    with pytest.warns(UserWarning, match="could not export world-text.*runs on torch"):
+        enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="auto",
+                           onnx_folder=blocked)
+    assert enc.runtime == "torch"
+    with pytest.raises(RuntimeError, match="could not export world-text"):
+        WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx", onnx_folder=blocked)
+    with pytest.raises(ValueError, match="runs on the CPU, from a folder"):
+        WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx")
+    tower = TextTower()
+    with pytest.raises(RuntimeError, match="could not export text-tower-6"):
+        tower.use_onnx(blocked, threads=1, depths=[6])
+    assert tower.runtime == "torch" and tower(TEXTS[:1])[0].shape[-1] == tower.width
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = nn.Parameter(torch.tensor(factor))
+
+    def forward(self, states, mask):
+        return (states * self.factor * mask.unsqueeze(-1)).sum(1)
+
+
+def test_a_graph_is_exported_once_per_weights_and_again_when_unreadable(tmp_path):
+    states, mask = torch.randn(3, 7, 4), torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    graph = OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", threads=1)
+    assert torch.allclose(graph(states, mask), Scale(2.0)(states, mask), atol=1e-6)
+    stamp = graph.path.stat().st_mtime_ns
+    assert OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", 1).path == graph.path
+    assert graph.path.stat().st_mtime_ns == stamp  # loaded, not exported again
+    other = OnnxGraph(TokenLayers([], Scale(3.0)), 4, tmp_path, "scale", threads=1)
+    assert other.path != graph.path  # other weights: another graph, never the stale one
+    assert torch.allclose(other(states, mask), 1.5 * graph(states, mask), atol=1e-5)
+    graph.path.write_bytes(b"half a graph")
+    again = OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", threads=1)
+    assert torch.allclose(again(states, mask), Scale(2.0)(states, mask), atol=1e-6)
+    assert not list(tmp_path.glob("*.partial"))
