@@ -8,8 +8,11 @@ both. Lower layers get their own plain spec, never the whole profile.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from engine.engine import Engine, embedding_space
 from engine.model_thread import model_thread
@@ -49,11 +52,28 @@ def load_models(profile: Profile, with_encoder: bool = True,
               or (with_generator and generation_spec.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
     graphs = Path(profile.onnx_folder).expanduser() if profile.onnx_folder else home() / "onnx"
+    if with_generator and generation_spec.needs_text_tower(gen):
+        tower_on_onnx(tower, enc.runtime, graphs)
     encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec, graphs)
                if with_encoder else None)
-    generator = (generation.load_generator(gen, device, tower, profile.torch_dtype, graphs)
+    generator = (generation.load_generator(gen, device, tower, profile.torch_dtype)
                  if with_generator else None)
     return Models(encoder, generator, tower)
+
+
+def tower_on_onnx(tower: TextTower, runtime: str, folder: Path) -> None:
+    """The text tower's layers that the world generator reads (all of them, clause by
+    clause), on ONNX Runtime where `[encoder] runtime` (the text side's) asks for it (`onnx`)
+    or allows it (`auto`, on a CPU). The world encoder runs its own layers and head."""
+    if runtime == "torch" or tower.device.type != "cpu":
+        return
+    try:
+        tower.use_onnx(folder, torch.get_num_threads(), depths=[tower.depth])
+    except RuntimeError as e:
+        if runtime == "onnx":
+            raise
+        warnings.warn(f"{e}. The text tower runs on torch meanwhile (about half as fast on a "
+                      "CPU)", stacklevel=3)
 
 
 def build_engine(profile: Profile, progress: Progress | None = None,

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from generation.base import Generator
 from generation.spec import GENERATOR_KINDS, GeneratorSpec
 from retrieval.text_tower import TextTower
 
 
 def load_generator(spec: GeneratorSpec, device: str = "cpu",
-                   text_tower: TextTower | None = None, dtype: str = "float32",
-                   onnx_folder: str | Path | None = None) -> Generator | None:
-    """`onnx_folder`: where the world generator keeps the ONNX graph of the text tower's
-    layers it reads (spec.runtime; its UNet's graph ships with its weights)."""
+                   text_tower: TextTower | None = None, dtype: str = "float32"
+                   ) -> Generator | None:
     if spec.kind == "none":
         return None
     if spec.kind == "world":
@@ -22,8 +18,7 @@ def load_generator(spec: GeneratorSpec, device: str = "cpu",
         if text_tower is None:
             raise ValueError("the world generator needs the text tower it was trained on")
         return WorldGenerator(spec.location, text_tower, steps=spec.steps,
-                              guidance=spec.guidance, device=device, runtime=spec.runtime,
-                              onnx_folder=onnx_folder)
+                              guidance=spec.guidance, device=device, runtime=spec.runtime)
     if spec.kind == "hub":
         from generation.hub import HubGenerator
 

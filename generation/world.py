@@ -21,7 +21,7 @@ class WorldGenerator(Generator):
 
     def __init__(self, location: str | Path, text_tower: TextTower, steps: int = 8,
                  guidance: float = 3.0, device: str = "cpu", cache_size: int = 256,
-                 runtime: str = "auto", onnx_folder: str | Path | None = None):
+                 runtime: str = "auto"):
         super().__init__(cache_size)
         location = Path(location)
         if not (location / "model_index.json").is_file():
@@ -42,27 +42,16 @@ class WorldGenerator(Generator):
         # ~2e-6 before rounding to 8 bits), as a batch does.
         self.identity = f"world-generator:{location.name}@{digest}"
         if runtime != "torch":
-            self._use_onnx(runtime, location / "unet", onnx_folder)
+            self._use_onnx(runtime, location / "unet")
 
-    def _use_onnx(self, runtime: str, unet_folder: Path,
-                  text_folder: str | Path | None = None) -> None:
-        """Draw with ONNX Runtime, required (`onnx`) or where it can (`auto`): the UNet
-        from the graph exported beside it, and the text tower's layers the layout parser
-        reads from a graph exported into `text_folder` (none: torch runs them)."""
+    def _use_onnx(self, runtime: str, unet_folder: Path) -> None:
+        """Draw with ONNX Runtime: required (`onnx`) or where it can (`auto`)."""
         if self.device.type != "cpu":
             if runtime == "onnx":
                 raise GenerationError(
                     f"generator.runtime onnx runs on the CPU only, not {self.device}; set "
                     "device=cpu, or generator.runtime=auto or torch")
             return
-        if text_folder is not None:
-            tower = self.pipe.text_tower
-            try:
-                tower.use_onnx(text_folder, torch.get_num_threads(), depths=[tower.depth])
-            except RuntimeError as e:
-                if runtime == "onnx":
-                    raise GenerationError(str(e)) from e
-                warnings.warn(f"{e}. The text tower runs on torch meanwhile", stacklevel=3)
         if runtime == "auto" and not (unet_folder / ONNX_FILE).is_file():
             return  # a folder without an export is normal (a fresh training run's, a test's)
         try:

@@ -14,9 +14,10 @@ class EncoderSpec:
     kind: str = "world"  # world | clip | blip
     location: str = "assets/world-encoder"  # folder or hub id
     batch_size: int = 64
-    # World encoder only: how its text side (MiniLM's layers and the trained head) runs.
-    # onnx = ONNX Runtime on the CPU, from graphs exported on first use into ITIR_HOME/onnx;
-    # auto = onnx on a CPU where the export works, torch otherwise.
+    # How the text side runs: the world encoder's (MiniLM's layers and its trained head) and
+    # the MiniLM layers the world generator reads. onnx = ONNX Runtime on the CPU, from
+    # graphs exported on first use into ITIR_HOME/onnx; auto = onnx on a CPU where the
+    # export works, torch otherwise. (The generator's UNet: `[generator] runtime`.)
     runtime: str = "auto"
 
 

@@ -121,12 +121,13 @@ def test_onnx_runtime_draws_what_torch_draws(exported_tiny_pipeline, text_tower)
                 assert np.abs(pixels(x) - pixels(y)).max() <= 1
 
 
-def test_the_text_tower_the_generator_reads_runs_on_onnx_too(exported_tiny_pipeline,
+def test_the_generator_over_a_tower_on_onnx_draws_what_it_draws_on_torch(exported_tiny_pipeline,
                                                              text_tower, onnx_folder):
-    """Given a graph folder, the generator also runs the tower's layers (the clauses the
-    layout parser reads) on ONNX Runtime, and draws what it draws on torch."""
+    """Over a tower whose layers run on ONNX Runtime (the clauses the layout parser reads),
+    the generator draws what it draws over a torch tower."""
     tower = TextTower()
-    on_onnx = WorldGenerator(exported_tiny_pipeline, tower, steps=3, onnx_folder=onnx_folder)
+    tower.use_onnx(onnx_folder, threads=2, depths=[tower.depth])
+    on_onnx = WorldGenerator(exported_tiny_pipeline, tower, steps=3)
     on_torch = WorldGenerator(exported_tiny_pipeline, text_tower, steps=3, runtime="torch")
     assert (tower.runtime, text_tower.runtime) == ("onnx", "torch")
     prompts = ["a small green star, how many objects are there? two", "a red circle on blue"]

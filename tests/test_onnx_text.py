@@ -101,3 +101,19 @@ def test_a_graph_is_exported_once_per_weights_and_again_when_unreadable(tmp_path
     again = OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", threads=1)
     assert torch.allclose(again(states, mask), Scale(2.0)(states, mask), atol=1e-6)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_world_profile_runs_the_text_side_on_onnx_unless_told_torch(onnx_folder):
+    """`[encoder] runtime` decides the whole text side: the encoder's layers and head, and
+    the tower's layers the generator reads."""
+    from engine.factory import load_models
+    from engine.profile import load_profile
+
+    on_onnx = load_models(load_profile("world"))
+    assert (on_onnx.encoder.runtime, on_onnx.text_tower.runtime) == ("onnx", "onnx")
+    on_torch = load_models(load_profile("world", ["encoder.runtime=torch"]))
+    assert (on_torch.encoder.runtime, on_torch.text_tower.runtime) == ("torch", "torch")
+    assert on_torch.generator.runtime == "onnx"  # the UNet has a knob of its own
+    query = ["a large red circle on blue, what color is the circle? red"]
+    assert np.allclose(on_onnx.encoder.encode_texts(query), on_torch.encoder.encode_texts(query),
+                       atol=1e-5)
