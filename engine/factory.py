@@ -32,6 +32,7 @@ from retrieval.encoders import Encoder
 from retrieval.gallery import IMAGE_SUFFIXES
 from retrieval.index import IndexMismatchError, VectorIndex
 from retrieval.ingest import Progress, index_folder
+from retrieval.onnx_graph import ONNX_FIX
 from retrieval.text_tower import TextTower
 
 
@@ -71,9 +72,9 @@ def tower_on_onnx(tower: TextTower, runtime: str, folder: Path) -> None:
         tower.use_onnx(folder, torch.get_num_threads(), depths=[tower.depth])
     except RuntimeError as e:
         if runtime == "onnx":
-            raise
+            raise ValueError(f"{e}; {ONNX_FIX}") from e
         warnings.warn(f"{e}. The text tower runs on torch meanwhile (about half as fast on a "
-                      "CPU)", stacklevel=3)
+                      f"CPU); {ONNX_FIX}", stacklevel=3)
 
 
 def build_engine(profile: Profile, progress: Progress | None = None,

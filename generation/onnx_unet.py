@@ -16,9 +16,6 @@ exporter); running needs only `onnxruntime`.
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from generation.spec import GenerationError
-from retrieval.onnx_graph import cpu_session
+from retrieval.onnx_graph import cpu_session, quiet_exporter, written_atomically
 from retrieval.weights import tensor_digest
 
 ONNX_FILE = "model.onnx"
@@ -63,28 +60,17 @@ def export_unet(unet: UNet2DConditionModel, folder: str | Path) -> Path:
     sample = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size)
     slots = torch.randn(2, 2, cfg.cross_attention_dim)
     batch = torch.export.Dim("batch", min=1)
-    # The exporter logs every operator library it skips (torchvision's) and warns about its
-    # own deprecations: nothing a user can act on. Whether the graph is right, the tests say.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    path = Path(folder) / ONNX_FILE
+    with written_atomically(path) as partial:
+        with quiet_exporter():
             program = torch.onnx.export(
                 _Denoise(unet).eval(), (sample, torch.tensor(500.0), slots), dynamo=True,
                 input_names=["sample", "timestep", "slots"], output_names=["out"],
                 dynamic_shapes={"sample": {0: batch}, "timestep": None,
                                 "slots": {0: batch, 1: torch.export.Dim("slots", min=1)}},
                 verbose=False)
-    finally:
-        exporter_log.setLevel(level)
-    program.model.metadata_props[TAG_KEY] = unet_tag(unet)
-    path = Path(folder) / ONNX_FILE
-    # Written beside and renamed: an interrupted export never leaves half a model.onnx.
-    partial = path.with_suffix(".onnx.partial")
-    program.save(partial, external_data=False)  # one file: 19 MB, far from protobuf's 2 GB
-    os.replace(partial, path)
+        program.model.metadata_props[TAG_KEY] = unet_tag(unet)
+        program.save(partial, external_data=False)  # one file: 19 MB, far from protobuf's 2 GB
     return path
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from retrieval.adapters import RoutedImageTower
 from retrieval.device import check_reachable, gpu_decorated, missing_model, offline_kwargs
 from retrieval.domain_store import DomainStore
-from retrieval.onnx_graph import OnnxGraph, TokenLayers
+from retrieval.onnx_graph import ONNX_FIX, OnnxGraph, TokenLayers
 from retrieval.routing import Router, style_features
 from retrieval.spec import DomainSpec
 from retrieval.text_tower import TextTower
@@ -172,7 +172,8 @@ class WorldEncoder:
         path = TokenLayers(self.text_tower.layers(below), self.model.text)
         if runtime == "onnx" and (self.device.type != "cpu" or onnx_folder is None):
             raise ValueError("encoder runtime onnx runs on the CPU, from a folder for its graph;"
-                             f" got {self.device} and {onnx_folder}")
+                             f" got {self.device} and {onnx_folder}: set device=cpu, or "
+                             "encoder.runtime=auto or torch")
         if runtime == "torch" or self.device.type != "cpu" or onnx_folder is None:
             return path
         try:
@@ -180,9 +181,9 @@ class WorldEncoder:
                              torch.get_num_threads())
         except RuntimeError as e:
             if runtime == "onnx":
-                raise
+                raise ValueError(f"{e}; {ONNX_FIX}") from e
             warnings.warn(f"{e}. The text side runs on torch meanwhile (about half as fast on "
-                          "a CPU)", stacklevel=3)
+                          f"a CPU); {ONNX_FIX}", stacklevel=3)
             return path
 
     @torch.no_grad()

@@ -3,13 +3,14 @@
 A world turn reads the dialog through MiniLM's layers twice: the encoder takes the states of
 layer 4 and runs its own copies of layers 5-6 and a head; the generator reads layer 6 of
 each clause it has not seen. Eager torch pays its dispatch on each of their many small
-kernels: on two AVX2 cores a four-round query took 51-59 ms through tower and head, and
-ONNX Runtime runs the same layers in ~23 ms (docs/BENCHMARKS.md, "ONNX Runtime").
+kernels: on two AVX2 cores the encoder's text stage took 37-41 ms p50 in a turn, and 20-21
+ms as one ONNX Runtime graph (docs/BENCHMARKS.md, "Per-turn latency", the fifth session).
 
-Nothing here ships: a graph is exported on first use (~10-20 s each) into a cache folder
-(ITIR_HOME/onnx), under a name that carries the digest of the weights it holds, so a
-retrained head or another tower never runs a stale graph. A cache file that does not load
-is exported again.
+Nothing here ships: a graph is exported on first use (~20 s each, torch's exporter) into a
+cache folder (ITIR_HOME/onnx), named by the digest of the weights it holds. A name cannot
+cover everything that makes a graph (a config's head count, the code of a forward, library
+versions), so every load also runs a small fixed input through both the graph and the torch
+module: a graph that answers otherwise, or does not load, is exported again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +29,10 @@ from torch import nn
 
 from retrieval.weights import tensor_digest
 
-GRAPH_VERSION = "v1"  # bump when TokenLayers' inputs or outputs change: old exports go stale
+GRAPH_VERSION = "v1"  # part of every graph's name: bump to retire all earlier exports
+TOLERANCE = 1e-4  # graph vs torch on the check input; ONNX Runtime differs by ~5e-7
+ONNX_FIX = ("set onnx_folder (ITIR_ONNX_FOLDER) to a folder itir may write, or "
+            "encoder.runtime=torch")
 
 
 def cpu_session(path: str | Path, threads: int):
@@ -43,6 +49,43 @@ def cpu_session(path: str | Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """torch's ONNX exporter without its noise (it logs every operator library it skips,
+    torchvision's, and warns about its own deprecations: nothing a user can act on; whether
+    a graph is right, the tests and `OnnxGraph`'s check say), with torch's fused attention
+    fast path off (ONNX has no operator for it; the plain path computes the same)."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level, fast = exporter_log.level, torch.backends.mha.get_fastpath_enabled()
+    exporter_log.setLevel(logging.ERROR)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        exporter_log.setLevel(level)
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A new temporary file beside `path`, renamed to `path` when the block ends and removed
+    if it raises: an interrupted export never leaves half a graph, and two processes
+    exporting into one folder never write the same file. It is made first, so a folder that
+    cannot be written fails before any tracing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                       suffix=".partial")
+    os.close(handle)
+    try:
+        yield Path(partial)
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(OSError):  # gone already when renamed
+            os.unlink(partial)
+
+
 class TokenLayers(nn.Module):
     """BERT-style layers over token states [B,L,W] with a mask [B,L], then an optional
     `head(states, mask)`: what runs after the tower's embedding layer, as one module.
@@ -56,73 +99,71 @@ class TokenLayers(nn.Module):
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         bias = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
         for layer in self.layers:
-            states = layer(states, bias)
+            out = layer(states, bias)
+            states = out[0] if isinstance(out, tuple) else out  # transformers < 5.9: a tuple
         return states if self.head is None else self.head(states, mask.bool())
 
 
 class OnnxGraph:
-    """`module(states, mask)` run by ONNX Runtime from `folder/{name}-{digest}.onnx`,
-    exported there first if missing. Raises RuntimeError when it can be neither loaded nor
-    exported (the caller decides whether torch may run it instead)."""
+    """`module(states, mask)` run by ONNX Runtime from `folder/{name}-v1-{digest}.onnx`,
+    exported there first if missing, unreadable or answering otherwise than `module`.
+    Raises RuntimeError when no graph that agrees with `module` can be had (the caller
+    decides whether torch may run it instead)."""
 
     def __init__(self, module: nn.Module, width: int, folder: str | Path, name: str,
                  threads: int):
         module = module.eval()
-        digest = tensor_digest(module.state_dict())
-        self.path = Path(folder) / f"{name}-{GRAPH_VERSION}-{digest}.onnx"
+        self.path = (Path(folder) /
+                     f"{name}-{GRAPH_VERSION}-{tensor_digest(module.state_dict())}.onnx")
         if self.path.is_file():
             try:
                 self.session = cpu_session(self.path, threads)
+                self._check(module, width)
                 return
-            except Exception as e:  # a truncated cache file: ours to write again
-                print(f"itir: could not load {self.path} ({e}); exporting it again",
+            except Exception as e:  # a truncated file, other code or settings: ours to redo
+                print(f"itir: {self.path} is not usable ({e}); exporting it again",
                       file=sys.stderr)
         export(module, width, self.path)
         try:
             self.session = cpu_session(self.path, threads)
+            self._check(module, width)
         except Exception as e:
-            raise RuntimeError(f"could not load {self.path} for ONNX Runtime ({e})") from e
+            raise RuntimeError(f"could not use {self.path} with ONNX Runtime ({e})") from e
 
     def __call__(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         feed = {"states": states.float().numpy(), "mask": mask.to(torch.int64).numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
+    def _check(self, module: nn.Module, width: int) -> None:
+        """The graph must compute what `module` does now (lengths 3 and 6, one padded)."""
+        states = torch.randn(2, 6, width, generator=torch.Generator().manual_seed(0))
+        mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6], dtype=torch.bool)
+        with torch.no_grad():
+            want = module(states, mask)
+        got = self(states, mask)
+        rows = mask if want.dim() == 3 else slice(None)  # token states: real tokens only
+        gap = (got[rows] - want[rows]).abs().max().item()
+        if not gap <= TOLERANCE:
+            raise ValueError(f"it computes something else than the model (by {gap:.2g})")
+
 
 def export(module: nn.Module, width: int, path: Path) -> None:
-    """Trace `module` over any batch and length into `path` (written beside and renamed: an
-    interrupted export never leaves half a file)."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    """Trace `module` over any batch and length into `path`; RuntimeError if it cannot."""
     # Batch 2 and length 5 as the example: torch.export treats sizes 0 and 1 as constants.
+    # (The TorchScript exporter, ~6x faster, bakes the example's length into
+    # nn.MultiheadAttention's reshapes.)
     states = torch.randn(2, 5, width)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     axes = {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("tokens", min=1)}
-    # torch's fast path for its own encoder layers is a fused kernel ONNX has no operator
-    # for; the plain path computes the same.
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    # The exporter logs every operator library it skips (torchvision's) and warns about its
-    # own deprecations: nothing a user can act on. Whether the graph is right, the tests say.
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"itir: exporting {path.name} for ONNX Runtime (once, ~10-20 s) into "
-              f"{path.parent}", file=sys.stderr)
-        # torch.export's exporter: the TorchScript one (~6x faster) bakes the example's
-        # length into nn.MultiheadAttention's reshapes.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (states, mask), dynamo=True, verbose=False,
-                                        input_names=["states", "mask"], output_names=["out"],
-                                        dynamic_shapes={"states": axes, "mask": axes})
-        program.save(partial, external_data=False)
-        os.replace(partial, path)
+        with written_atomically(path) as partial:
+            print(f"itir: exporting {path.name} for ONNX Runtime (once, ~20 s) into "
+                  f"{path.parent}", file=sys.stderr)
+            with quiet_exporter():
+                program = torch.onnx.export(module, (states, mask), dynamo=True,
+                                            verbose=False, input_names=["states", "mask"],
+                                            output_names=["out"],
+                                            dynamic_shapes={"states": axes, "mask": axes})
+            program.save(partial, external_data=False)
     except Exception as e:
-        with contextlib.suppress(OSError):  # nothing written, or nowhere to write
-            partial.unlink()
-        raise RuntimeError(f"could not export {path.name} for ONNX Runtime ({e})") from e
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-        exporter_log.setLevel(level)
-
+        raise RuntimeError(f"could not export {path.name} into {path.parent} ({e})") from e

@@ -67,9 +67,6 @@ class TextTower(torch.nn.Module):
         self.max_tokens = max_tokens
         self.width = self.model.config.hidden_size
         self.depth = self.model.config.num_hidden_layers
-        # The last few small calls, so a reader asking again gets them without a second pass.
-        self._memo: OrderedDict[tuple[tuple[str, ...], int],
-                                tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._each: OrderedDict[str, torch.Tensor] = OrderedDict()  # see states_each
         # The tower's layers 1..depth over the embedding layer's states, per depth read.
         self._stacks: dict[int, Callable] = {}
@@ -91,14 +88,13 @@ class TextTower(torch.nn.Module):
 
     def use_onnx(self, folder: str | Path, threads: int, depths: list[int]) -> None:
         """Run the layers on ONNX Runtime from now on, each depth read as one graph exported
-        into `folder` on first use (~3 s). The graphs of `depths` are made now, so that no
-        reader waits for an export; if that fails, RuntimeError, and the tower stays on
-        torch. The states are the torch tower's to ~1e-6."""
+        into `folder` on first use (~20 s; retrieval/onnx_graph.py). The graphs of `depths`
+        are made now, so that no reader waits for an export; if that fails, RuntimeError,
+        and the tower runs on torch. The states are the torch tower's to ~1e-6."""
         if self.device.type != "cpu":
             raise ValueError(f"ONNX Runtime runs the text tower on the CPU, not {self.device}")
         with self.lock:
             self._onnx, self._stacks = (Path(folder), threads), {}
-            self._memo.clear()
             try:
                 for depth in depths:
                     self.stack(depth)
@@ -129,12 +125,13 @@ class TextTower(torch.nn.Module):
     def stack(self, depth: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """`(embedded states, mask) -> states of hidden layer depth`, on the tower's runtime;
         built (and, on ONNX Runtime, exported) on the first call for each depth."""
-        if depth not in self._stacks:
-            layers = TokenLayers(self.layers(depth))
-            self._stacks[depth] = (layers if self._onnx is None else
-                                   OnnxGraph(layers, self.width, self._onnx[0],
-                                             f"text-tower-{depth}", self._onnx[1]))
-        return self._stacks[depth]
+        with self.lock:  # an export must not run twice, nor beside another reader's
+            if depth not in self._stacks:
+                layers = TokenLayers(self.layers(depth))
+                self._stacks[depth] = (layers if self._onnx is None else
+                                       OnnxGraph(layers, self.width, self._onnx[0],
+                                                 f"text-tower-{depth}", self._onnx[1]))
+            return self._stacks[depth]
 
     def top_layers(self, count: int) -> nn.ModuleList:
         """Trainable copies of the tower's top `count` layers, as torch encoder layers that
@@ -177,20 +174,9 @@ class TextTower(torch.nn.Module):
 
     def _states(self, texts: list[str], depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The states of hidden layer `depth` (0: the embedding layer) and the mask."""
-        key = (tuple(texts), depth)
-        if key in self._memo:
-            self._memo.move_to_end(key)
-            return self._memo[key]
         states, mask = self.embed(texts)
-        if depth:
-            with torch.no_grad():
-                states = self.stack(depth)(states, mask)
-        out = states, mask
-        if len(texts) <= 4:
-            self._memo[key] = out
-            if len(self._memo) > 16:
-                self._memo.popitem(last=False)
-        return out
+        return (self.stack(depth)(states, mask) if depth else states), mask
+
 
 def bert_layer_copy(block: nn.Module, heads: int, eps: float) -> nn.TransformerEncoderLayer:
     """A BERT layer's weights in a torch encoder layer: post-norm, exact GELU, fused q/k/v."""

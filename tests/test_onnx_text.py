@@ -9,6 +9,7 @@ from torch import nn
 from retrieval.encoders import WorldEncoder
 from retrieval.onnx_graph import OnnxGraph, TokenLayers
 from retrieval.text_tower import TextTower
+from retrieval.world_encoder import WorldDualEncoder, with_tower_layers
 
 # Lengths that differ (padding) and one past the tower's 128 tokens (truncated): no graph may
 # keep the lengths it was traced with.
@@ -67,7 +68,7 @@ def test_an_export_that_fails_is_torch_under_auto_and_an_error_under_onnx(
         enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="auto",
                            onnx_folder=blocked)
     assert enc.runtime == "torch"
-    with pytest.raises(RuntimeError, match="could not export world-text"):
+    with pytest.raises(ValueError, match="could not export world-text.*ITIR_ONNX_FOLDER"):
         WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx", onnx_folder=blocked)
     with pytest.raises(ValueError, match="runs on the CPU, from a folder"):
         WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx")
@@ -75,6 +76,27 @@ def test_an_export_that_fails_is_torch_under_auto_and_an_error_under_onnx(
     with pytest.raises(RuntimeError, match="could not export text-tower-6"):
         tower.use_onnx(blocked, threads=1, depths=[6])
     assert tower.runtime == "torch" and tower(TEXTS[:1])[0].shape[-1] == tower.width
+
+
+def test_an_encoder_with_tower_layers_on_onnx_embeds_as_it_was_trained_to(
+        random_world_encoder_dir, text_tower, onnx_folder, tmp_path):
+    """The shipped kind: the graph holds the tower's layers below the head's own copies of
+    the top two, then the head; it embeds as training defined it (tower states from below
+    the copies, then `encode_text`)."""
+    model = with_tower_layers(WorldDualEncoder.from_pretrained(random_world_encoder_dir),
+                              text_tower.top_layers(2))
+    with torch.no_grad():  # make the copies differ from the tower's layers they came from
+        for p in model.text.tower_top.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval().save_pretrained(tmp_path / "layers")
+    on_onnx = WorldEncoder(tmp_path / "layers", text_tower, runtime="onnx",
+                           onnx_folder=onnx_folder)
+    on_torch = WorldEncoder(tmp_path / "layers", text_tower)
+    with torch.no_grad():
+        trained = torch.nn.functional.normalize(
+            model.text(*text_tower(TEXTS, model.text.states_layer)), dim=-1).numpy()
+    assert np.allclose(on_torch.encode_texts(TEXTS), trained, atol=1e-5)
+    assert np.allclose(on_onnx.encode_texts(TEXTS), trained, atol=1e-5)
 
 
 class Scale(nn.Module):
@@ -101,6 +123,21 @@ def test_a_graph_is_exported_once_per_weights_and_again_when_unreadable(tmp_path
     again = OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", threads=1)
     assert torch.allclose(again(states, mask), Scale(2.0)(states, mask), atol=1e-6)
     assert not list(tmp_path.glob("*.partial"))
+
+
+class Halved(Scale):  # the same weights (and name), other code: a digest cannot tell
+    def forward(self, states, mask):
+        return super().forward(states, mask) / 2
+
+
+def test_a_graph_that_computes_something_else_is_exported_again(tmp_path):
+    """A graph is named by its weights; settings and code are checked on load, so one left
+    by other code (or another config over the same weights) is never used."""
+    states, mask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    old = OnnxGraph(TokenLayers([], Scale(2.0)), 4, tmp_path, "scale", threads=1)
+    new = OnnxGraph(TokenLayers([], Halved(2.0)), 4, tmp_path, "scale", threads=1)
+    assert new.path == old.path
+    assert torch.allclose(new(states, mask), Halved(2.0)(states, mask), atol=1e-6)
 
 
 def test_the_world_profile_runs_the_text_side_on_onnx_unless_told_torch(onnx_folder):
