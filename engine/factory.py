@@ -8,7 +8,6 @@ both. Lower layers get their own plain spec, never the whole profile.
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from retrieval.encoders import Encoder
 from retrieval.gallery import IMAGE_SUFFIXES
 from retrieval.index import IndexMismatchError, VectorIndex
 from retrieval.ingest import Progress, index_folder
-from retrieval.onnx_graph import ONNX_FIX
+from retrieval.onnx_graph import where_asked
 from retrieval.text_tower import TextTower
 
 
@@ -68,13 +67,8 @@ def tower_on_onnx(tower: TextTower, runtime: str, folder: Path) -> None:
     or allows it (`auto`, on a CPU). The world encoder runs its own layers and head."""
     if runtime == "torch" or tower.device.type != "cpu":
         return
-    try:
-        tower.use_onnx(folder, torch.get_num_threads(), depths=[tower.depth])
-    except RuntimeError as e:
-        if runtime == "onnx":
-            raise ValueError(f"{e}; {ONNX_FIX}") from e
-        warnings.warn(f"{e}. The text tower runs on torch meanwhile (about half as fast on a "
-                      f"CPU); {ONNX_FIX}", stacklevel=3)
+    where_asked(runtime, lambda: tower.use_onnx(folder, torch.get_num_threads(),
+                                                depths=[tower.depth]), "The text tower")
 
 
 def build_engine(profile: Profile, progress: Progress | None = None,

@@ -8,7 +8,6 @@ one image side is never searched with another, while a new text side needs no re
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from threading import Lock
@@ -22,7 +21,7 @@ from PIL import Image
 from retrieval.adapters import RoutedImageTower
 from retrieval.device import check_reachable, gpu_decorated, missing_model, offline_kwargs
 from retrieval.domain_store import DomainStore
-from retrieval.onnx_graph import ONNX_FIX, OnnxGraph, TokenLayers
+from retrieval.onnx_graph import OnnxGraph, TokenLayers, where_asked
 from retrieval.routing import Router, style_features
 from retrieval.spec import DomainSpec
 from retrieval.text_tower import TextTower
@@ -176,15 +175,10 @@ class WorldEncoder:
                              "encoder.runtime=auto or torch")
         if runtime == "torch" or self.device.type != "cpu" or onnx_folder is None:
             return path
-        try:
-            return OnnxGraph(path, self.text_tower.width, onnx_folder, "world-text",
-                             torch.get_num_threads())
-        except RuntimeError as e:
-            if runtime == "onnx":
-                raise ValueError(f"{e}; {ONNX_FIX}") from e
-            warnings.warn(f"{e}. The text side runs on torch meanwhile (about half as fast on "
-                          f"a CPU); {ONNX_FIX}", stacklevel=3)
-            return path
+        graph = where_asked(runtime, lambda: OnnxGraph(path, self.text_tower.width, onnx_folder,
+                                                       "world-text", torch.get_num_threads()),
+                            "The text side")
+        return path if graph is None else graph
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:

@@ -21,8 +21,9 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from retrieval.weights import tensor_digest
 
 GRAPH_VERSION = "v1"  # part of every graph's name: bump to retire all earlier exports
 TOLERANCE = 1e-4  # graph vs torch on the check input; ONNX Runtime differs by ~5e-7
+T = TypeVar("T")
 ONNX_FIX = ("set onnx_folder (ITIR_ONNX_FOLDER) to a folder itir may write, or "
             "encoder.runtime=torch")
 
@@ -84,6 +86,19 @@ def written_atomically(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # gone already when renamed
             os.unlink(partial)
+
+
+def where_asked(runtime: str, build: Callable[[], T], what: str) -> T | None:
+    """`build()` (an ONNX Runtime graph) as `runtime` says: under `onnx` its failure is a
+    ValueError that says what to set; under `auto` a warning, and None: torch runs `what`."""
+    try:
+        return build()
+    except RuntimeError as e:
+        if runtime == "onnx":
+            raise ValueError(f"{e}; {ONNX_FIX}") from e
+        warnings.warn(f"{e}. {what} runs on torch meanwhile (about half as fast on a CPU); "
+                      f"{ONNX_FIX}", stacklevel=3)
+        return None
 
 
 class TokenLayers(nn.Module):
