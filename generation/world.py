@@ -27,9 +27,15 @@ class WorldGenerator(Generator):
         if not (location / "model_index.json").is_file():
             raise GenerationError(
                 f"no world generator at {location} (expected a diffusers pipeline folder with "
-                "model_index.json); it ships in assets/world-generator, or rebuild it with "
-                "`itir train-generator`")
+                "model_index.json); the world profile's ships in "
+                "assets/world-generator-distilled (`itir distill-generator` rebuilds it) and "
+                "its guided original in assets/world-generator (`itir train-generator`)")
         self.pipe = WorldGeneratorPipeline.from_pretrained(location, text_tower=text_tower)
+        try:
+            self.pipe.check_guidance(guidance)
+        except ValueError as e:
+            raise GenerationError(f"{e} (the generator in {location}; set generator.guidance "
+                                  "or generator.location)") from None
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)  # ~8 fast steps: a bar is noise
         self.device = torch.device(device)

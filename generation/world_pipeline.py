@@ -46,10 +46,13 @@ class WorldGeneratorPipeline(DiffusionPipeline):
 
     def __init__(self, layout: WorldLayoutParser, unet: UNet2DConditionModel,
                  scheduler: SchedulerMixin, text_tower: TextTower | None = None,
-                 text_tower_id: str = MINILM_HUB_ID):
+                 text_tower_id: str = MINILM_HUB_ID, distilled_guidance: float | None = None):
         super().__init__()
         self.register_modules(layout=layout, unet=unet, scheduler=scheduler)
-        self.register_to_config(text_tower_id=text_tower_id)
+        # distilled_guidance: the UNet gives the guided velocity at this scale by itself
+        # (generation/distill_guidance.py), so a step is one pass, not the guidance pair.
+        self.register_to_config(text_tower_id=text_tower_id,
+                                distilled_guidance=distilled_guidance)
         self.text_tower = (text_tower if text_tower is not None
                            else TextTower(text_tower_id))
         self.onnx_unet: OnnxUNet | None = None
@@ -72,15 +75,25 @@ class WorldGeneratorPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         return layout.spatial_map(size).to(dtype), layout.slots.to(dtype)
 
+    def check_guidance(self, guidance_scale: float) -> None:
+        """A distilled UNet draws at its one built-in scale: refuse any other."""
+        built_in = self.config.get("distilled_guidance")
+        if built_in is not None and guidance_scale != built_in:
+            raise ValueError(
+                f"this generator's UNet has guidance {built_in} built in (distilled) and "
+                f"cannot draw at {guidance_scale}: draw at {built_in}, or use the guided "
+                "pipeline it was distilled from (the shipped one: assets/world-generator)")
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 8,
                  guidance_scale: float = 3.0,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  output_type: str = "pil") -> ImagePipelineOutput:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        self.check_guidance(guidance_scale)
         spatial, slots = self.condition(prompts)
         device, dtype = spatial.device, spatial.dtype
-        guided = guidance_scale != 1.0
+        guided = guidance_scale != 1.0 and self.config.get("distilled_guidance") is None
         if guided:  # the unconditional half: an empty layout (what training dropped to)
             spatial = torch.cat([spatial, torch.zeros_like(spatial)])
             slots = torch.cat([slots, torch.zeros_like(slots)])

@@ -1,5 +1,7 @@
 """ADaFuSE: the head's contract, its checkpoint, its training, and the ChatIR metrics."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,12 +94,17 @@ def test_the_apps_fusion_holds_its_own_weights_and_a_saturated_gate_is_quiet():
     assert (lam < 1e-30).all()
 
 
-def test_gelu_matches_torch_to_float32_rounding():
+def test_gelu_is_exact_gelu_to_float32_rounding():
     from fusion.adafuse import gelu
 
     x = np.linspace(-12, 12, 200_001, dtype=np.float32)
-    exact = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
-    assert np.abs(gelu(x) - exact).max() < 1e-6
+    # The float64 truth, not torch: torch's own float32 GELU differs from it by up to 1.1e-6
+    # on an AVX-512 host (and agreed to 1e-6 on AVX2 ones).
+    truth = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()])
+    # the erf approximation's 1.5e-7 (half of it in Phi) grows with |x|, as does rounding
+    assert (np.abs(gelu(x) - truth) / np.maximum(np.abs(x), 1)).max() < 3e-7
+    torch_gelu = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    assert np.abs(gelu(x) - torch_gelu).max() < 1e-5  # the same function torch's head used
 
 
 def test_checkpoint_round_trips_and_refuses_another_encoder(tmp_path):

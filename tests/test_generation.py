@@ -35,7 +35,9 @@ def test_saved_world_pipeline_loads_alone_and_draws_the_same_image(tiny_world_pi
     prompt, gen = ["a red circle on a blue background"], torch.Generator()
     a = pipe(prompt, num_inference_steps=3, generator=gen.manual_seed(4), output_type="np")
     b = loaded(prompt, num_inference_steps=3, generator=gen.manual_seed(4), output_type="np")
-    assert np.array_equal(a.images, b.images)
+    # Not bit-equal: the shared tower may hold this prompt's clauses from an earlier test,
+    # read in another batch (padding moves the states by ~1e-7).
+    assert np.abs(a.images - b.images).max() < 1e-5
     shared = WorldGeneratorPipeline.from_pretrained(folder, text_tower=text_tower)
     assert shared.text_tower is text_tower
     shared.save_pretrained(folder.parent / "again")  # and saving round-trips the config
@@ -172,10 +174,11 @@ def test_onnx_runtime_is_for_the_cpu_only(exported_tiny_pipeline, text_tower):
     assert gen.runtime == "torch" and gen.pipe.onnx_unet is None
 
 
-def test_shipped_generator_has_a_current_onnx_export():
+@pytest.mark.parametrize("name", ["world-generator", "world-generator-distilled"])
+def test_shipped_generator_has_a_current_onnx_export(name):
     """A retrained UNet committed without `itir export-onnx` would quietly draw on torch at
     half the speed on a CPU: fail here instead."""
-    folder = assets_dir() / "world-generator" / "unet"
+    folder = assets_dir() / name / "unet"
     OnnxUNet(folder, unet_tag(UNet2DConditionModel.from_pretrained(folder)), threads=1)
 
 

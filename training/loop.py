@@ -87,7 +87,7 @@ def train(model: nn.Module, sample: Sampler, loss_fn: LossFn, cfg: TrainConfig,
     parameter-name prefix to a multiple of `cfg.lr` for those parameters (e.g. pretrained
     layers that should move slowly); the rest train at `cfg.lr`.
     """
-    accelerator = Accelerator(mixed_precision=_precision(cfg.mixed_precision))
+    accelerator = Accelerator(mixed_precision=resolved_precision(cfg.mixed_precision))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(_param_groups(model, cfg.lr, lr_scales or {}),
                             weight_decay=cfg.weight_decay)
@@ -241,7 +241,8 @@ def _mix(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
-def _precision(name: str) -> str:
+def resolved_precision(name: str) -> str:
+    """`TrainConfig.mixed_precision` on this machine: no, fp16 or bf16."""
     if name != "auto":
         return name
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
