@@ -112,17 +112,20 @@ def distill_loss(teacher: UNet2DConditionModel, noise_sched: DDPMScheduler, w: f
     return loss
 
 
-def pixel_gap(teacher_pipe: DiffusionPipeline, student_pipe: DiffusionPipeline,
+def draw_for_gap(pipe: DiffusionPipeline, prompts: list[str], steps: int, w: float
+                 ) -> np.ndarray:
+    """`prompts` drawn from fixed noise (seed i for prompt i), as floats in [0, 1]."""
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    return pipe(prompts, num_inference_steps=steps, guidance_scale=w, generator=gens,
+                output_type="np").images
+
+
+def pixel_gap(teacher_images: np.ndarray, student_pipe: DiffusionPipeline,
               prompts: list[str], steps: int, w: float) -> float:
-    """Mean absolute difference, in levels of 255, between what the teacher draws with the
-    guidance pair and the student draws alone, from the same noise."""
-
-    def draw(pipe: DiffusionPipeline) -> np.ndarray:
-        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        return pipe(prompts, num_inference_steps=steps, guidance_scale=w, generator=gens,
-                    output_type="np").images
-
-    return float(np.abs(draw(teacher_pipe) - draw(student_pipe)).mean() * 255)
+    """Mean absolute difference, in levels of 255, between what the teacher drew with the
+    guidance pair (`draw_for_gap`) and what the student draws alone from the same noise."""
+    return float(np.abs(teacher_images - draw_for_gap(student_pipe, prompts, steps, w))
+                 .mean() * 255)
 
 
 def gap_prompts(n: int = 32) -> list[str]:
@@ -181,9 +184,9 @@ def reproduce(teacher: str | Path, out: str | Path, scenes: int, steps: int,
     size = source.unet.config.sample_size
     corpus = cached_clause_corpus(scenes, "train", source.text_tower, size, cache_dir)
     maps, slots = parse_all(source.layout, corpus)
-    base = generator_batches(corpus, maps, slots, size,
-                             _no_dropout(batch_size), training_scheduler().config
-                             .num_train_timesteps)
+    every_layout = GeneratorTrainConfig(batch_size=batch_size, condition_dropout=0.0)
+    base = generator_batches(corpus, maps, slots, size, every_layout,
+                             training_scheduler().config.num_train_timesteps)
 
     # The teacher runs every step beside the student: on the device accelerate trains on.
     device = PartialState().device
@@ -191,13 +194,15 @@ def reproduce(teacher: str | Path, out: str | Path, scenes: int, steps: int,
     teacher_unet = source.unet.eval().requires_grad_(False)
     student = copy.deepcopy(teacher_unet).train().requires_grad_(True)
 
+    # The frozen teacher draws the same pictures at every evaluation: once is enough.
     prompts = gap_prompts()
+    teacher_images = draw_for_gap(source, prompts, 5, guidance)
 
     def evaluate(unet: UNet2DConditionModel, step: int) -> dict:
         pupil = WorldGeneratorPipeline(source.layout, unet, source.scheduler,
                                        source.text_tower, distilled_guidance=guidance)
         pupil.set_progress_bar_config(disable=True)
-        return {"pixel_gap": pixel_gap(source, pupil, prompts, 5, guidance)}
+        return {"pixel_gap": pixel_gap(teacher_images, pupil, prompts, 5, guidance)}
 
     log = train(student, distill_batches(base, cfg),
                 distill_loss(teacher_unet, training_scheduler(), guidance), cfg,
@@ -227,12 +232,6 @@ def reproduce(teacher: str | Path, out: str | Path, scenes: int, steps: int,
     clear_checkpoints(out / "train-distill")
     export_unet(copy.deepcopy(student).to("cpu", torch.float32), out / "unet")
     return log
-
-
-def _no_dropout(batch_size: int) -> GeneratorTrainConfig:
-    """The batch settings generator_batches reads, with every layout kept."""
-    return GeneratorTrainConfig(batch_size=batch_size, condition_dropout=0.0)
-
 
 
 def _precision_name(setting: str) -> str:
