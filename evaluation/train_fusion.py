@@ -60,22 +60,27 @@ def _at_rounds(hits: list[float]) -> str:
     return " / ".join(f"{hits[r]:.1f}%" for r in (0, 2, 5, 10) if r < len(hits))
 
 
-def _objective(text_hinge: float) -> str:
+def _objective(text_hinge: float, hinge_corpus: int | None) -> str:
     plain = "symmetric InfoNCE with the head's learnable temperature"
     if not text_hinge:
         return plain + " (DESIGN.md's loss)"
-    return f"{plain}, plus {text_hinge:g} x the text hinge (fusion/train_adafuse.py)"
+    over = (f"over the {hinge_corpus:,} training corpus images" if hinge_corpus
+            else "over the batch")
+    return f"{plain}, plus {text_hinge:g} x the text hinge {over} (fusion/train_adafuse.py)"
 
 
 def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | Path,
               steps: int, limit: int | None = None, val_limit: int | None = None,
               batch_size: int = 256, lr: float = 5e-5, seed: int = 0,
-              text_hinge: float | None = None,
+              text_hinge: float | None = None, hinge_over: str = "corpus",
               resume: bool = False, images_root: str | Path | None = None,
               corpus: str | Path | None = None, val_corpus: str | Path | None = None) -> dict:
     """Embed (or reuse the caches of) both dialog sets with the profile's frozen encoder and
     generator, train, and write the checkpoint folder `out` with its card and loss curve
-    (`text_hinge` None: the default weight, `TEXT_HINGE`)."""
+    (`text_hinge` None: the default weight, `TEXT_HINGE`; `hinge_over`: "corpus", the whole
+    training corpus, or "batch")."""
+    if hinge_over not in ("corpus", "batch"):
+        raise ValueError(f"hinge_over must be 'corpus' or 'batch', not {hinge_over!r}")
     from engine.factory import load_models
     from evaluation.dialog_set import embed_dialog_set, read_dialog_set
     from fusion import DAR, TextOnly
@@ -96,9 +101,12 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
     text_hinge = TEXT_HINGE if text_hinge is None else text_hinge
     cfg = FusionTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                             text_hinge=text_hinge)
+    on_corpus = hinge_over == "corpus" and bool(text_hinge)
     fusion, log, best = train_adafuse(
         train_emb.text, train_emb.pseudo(1), train_emb.corpus[train_emb.targets], model_cfg,
-        cfg, chatir_validation(val_emb), out, resume=resume)
+        cfg, chatir_validation(val_emb), out, resume=resume,
+        corpus=train_emb.corpus if on_corpus else None,
+        target_ids=train_emb.targets if on_corpus else None)
     out = Path(out)
     fusion.save_pretrained(out)
     val = compare(val_emb, {"adafuse": fusion, "text": TextOnly(), "dar": DAR()})["methods"]
@@ -110,6 +118,9 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
                  + (f" --limit {limit}" if limit else "")
                  + (f" --val-limit {val_limit}" if val_limit else "")
                  + f" --text-hinge {text_hinge:g}"
+                 + (" --hinge-over batch" if hinge_over == "batch" else "")
+                 + (f" --corpus {corpus}" if corpus else "")
+                 + (f" --val-corpus {val_corpus}" if val_corpus else "")
                  + (f" --images {images_root}" if images_root else "") + f" --out {out}"),
         **run_facts(cfg, log), **asdict(model_cfg), encoder_name=profile.encoder.kind,
         generator=generator.identity, gen_steps=generator.steps,
@@ -117,7 +128,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
         encoder_params=encoder.num_parameters, ratio=params / encoder.num_parameters,
         train_dialogs=len(train_set.dialogs), train_file=train_file,
         val_dialogs=len(val_set.dialogs), val_file=val_file, val_corpus=len(val_set.corpus),
-        best_step=best.get("step"), out=out, objective=_objective(text_hinge),
+        best_step=best.get("step"), out=out,
+        objective=_objective(text_hinge, len(train_emb.corpus) if on_corpus else None),
         val_adafuse=_at_rounds(val["adafuse"]["hits@10"]),
         val_text=_at_rounds(val["text"]["hits@10"]), val_dar=_at_rounds(val["dar"]["hits@10"]),
         val_worse=_at_rounds(val["adafuse"]["degradation_by_round"]),

@@ -18,6 +18,13 @@ about 0.06 at every round; it did not learn to tell helpful drawings from harmfu
 It shapes q only: the temperature stays InfoNCE's to learn. `text_hinge = 0` is DESIGN.md's
 loss. Measured in docs/BENCHMARKS.md ("Fusion on world dialogs").
 
+Given the training corpus (`corpus`, every image the training targets were drawn from), the
+hinge compares the two queries' cross-entropy over that whole corpus rather than over the
+batch. The harm the hinge is there to charge is a target falling behind its near-duplicates
+in a large gallery, and 255 random other targets rarely include one: over the batch, a
+query nudged off the text costs almost nothing, over 10,000 images it costs ranks. InfoNCE
+itself keeps DESIGN.md's in-batch negatives.
+
 Model selection: every `eval_every` steps the caller's `validate` scores the head (its EMA
 weights; evaluation/train_fusion.py ranks validation targets by the ChatIR protocol) and the
 best-scoring weights are kept.
@@ -64,45 +71,59 @@ class FusionTrainConfig(TrainConfig):
     text_hinge: float = TEXT_HINGE  # weight of the text hinge (above); 0: DESIGN.md's loss
 
 
-def fusion_batches(text: np.ndarray, image: np.ndarray, target: np.ndarray, batch_size: int):
+def fusion_batches(text: np.ndarray, image: np.ndarray, target: np.ndarray, batch_size: int,
+                   target_ids: np.ndarray | None = None):
     """Sampler for the shared loop over t [N, R, D], g [N, R, D] and the targets' image
     embeddings x [N, D]: distinct dialogs (so in-batch negatives are other targets), each at
-    a uniformly random round."""
+    a uniformly random round. With `target_ids` (each target's row in the training corpus)
+    a batch says where its targets sit there, for the corpus-wide hinge."""
     t, g, x = (torch.from_numpy(np.asarray(a, np.float32)) for a in (text, image, target))
+    rows = None if target_ids is None else torch.from_numpy(np.asarray(target_ids, np.int64))
     n, rounds = t.shape[:2]
     size = min(batch_size, n)
 
     def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
         ids = torch.randperm(n, generator=gen)[:size]
         r = torch.randint(0, rounds, (size,), generator=gen)
-        return {"t": t[ids, r], "g": g[ids, r], "x": x[ids]}
+        batch = {"t": t[ids, r], "g": g[ids, r], "x": x[ids]}
+        if rows is not None:
+            batch["target_id"] = rows[ids]
+        return batch
 
     return sample
 
 
-def fusion_loss(head: ADaFuSEHead, batch: dict[str, torch.Tensor],
-                text_hinge: float = 0.0) -> torch.Tensor:
+def fusion_loss(head: ADaFuSEHead, batch: dict[str, torch.Tensor], text_hinge: float = 0.0,
+                corpus: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of the fused queries against the batch's targets, plus the text
-    hinge (module docstring) when `text_hinge` > 0."""
+    hinge (module docstring) when `text_hinge` > 0: over the `corpus` [M, D] when given
+    (the batch then has each target's row in it, `target_id`), else over the batch."""
     q, _, _ = head(batch["t"], batch["g"])
     scale = head.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
     similarity = q @ batch["x"].T
     loss = symmetric_infonce(scale * similarity)
     if text_hinge:
         bar = scale.detach()  # the hinge compares rankings; the temperature is InfoNCE's
-        labels = torch.arange(len(q), device=q.device)
-        fused = F.cross_entropy(bar * similarity, labels, reduction="none")
-        text = F.cross_entropy(bar * batch["t"] @ batch["x"].T, labels, reduction="none")
+        if corpus is None:
+            images, labels = batch["x"], torch.arange(len(q), device=q.device)
+        else:
+            images, labels = corpus.to(q.device), batch["target_id"]
+        fused = F.cross_entropy(bar * q @ images.T, labels, reduction="none")
+        text = F.cross_entropy(bar * batch["t"] @ images.T, labels, reduction="none")
         loss = loss + text_hinge * F.relu(fused - text).mean()
     return loss
 
 
 def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,
                   model_cfg: ADaFuSEConfig, cfg: FusionTrainConfig, validate: Validate,
-                  out: str | Path | None = None, *, resume: bool = False
+                  out: str | Path | None = None, *, resume: bool = False,
+                  corpus: np.ndarray | None = None, target_ids: np.ndarray | None = None
                   ) -> tuple[ADaFuSE, list[dict], dict]:
     """Train a head on (t, g, x); return it with the best validation weights, the log, and
-    {"score", "step", "details"} of that validation."""
+    {"score", "step", "details"} of that validation. With the training `corpus` [M, D] and
+    each target's row in it (`target_ids`), the text hinge runs over the whole corpus."""
+    if (corpus is None) != (target_ids is None):
+        raise ValueError("the corpus-wide hinge needs both the corpus and the targets' rows")
     torch.manual_seed(cfg.seed)
     head = ADaFuSEHead(model_cfg)
     best: dict = {"score": -math.inf}
@@ -114,9 +135,10 @@ def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,
                         state=copy.deepcopy(model.state_dict()))
         return {"val_score": round(score, 3), **details}
 
-    loss_fn = functools.partial(fusion_loss, text_hinge=cfg.text_hinge)
-    log = train(head, fusion_batches(text, image, target, cfg.batch_size), loss_fn, cfg,
-                out, resume=resume, evaluate=evaluate, desc="train ADaFuSE")
+    bank = None if corpus is None else torch.from_numpy(np.asarray(corpus, np.float32))
+    loss_fn = functools.partial(fusion_loss, text_hinge=cfg.text_hinge, corpus=bank)
+    log = train(head, fusion_batches(text, image, target, cfg.batch_size, target_ids),
+                loss_fn, cfg, out, resume=resume, evaluate=evaluate, desc="train ADaFuSE")
     if "state" in best:
         head.load_state_dict(best.pop("state"))
     return head.fusion(), log, best

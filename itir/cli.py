@@ -93,8 +93,8 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     out = args.out or home() / "fusions" / f"{profile.name}-adafuse"
     best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
                      args.limit, args.val_limit, lr=args.lr, text_hinge=args.text_hinge,
-                     resume=args.resume, images_root=args.images, corpus=args.corpus,
-                     val_corpus=args.val_corpus)
+                     hinge_over=args.hinge_over, resume=args.resume, images_root=args.images,
+                     corpus=args.corpus, val_corpus=args.val_corpus)
     print(f"wrote {out}", file=sys.stderr)
     if "step" in best:
         print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
@@ -666,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the loss where fusing in the pseudo-image raises an "
                    "example's InfoNCE above the text query's (default: TEXT_HINGE in "
                    "fusion/train_adafuse.py; 0: DESIGN.md's plain InfoNCE)")
+    f.add_argument("--hinge-over", choices=("corpus", "batch"), default="corpus",
+                   help="rank the hinge's targets among the whole training corpus (default; "
+                   "what a large gallery asks) or among the batch's other targets")
     f.add_argument("--out", default=None, help="checkpoint folder (default: ITIR_HOME/"
                    "fusions/<profile>-adafuse, where fusion = auto finds it)")
     f.add_argument("--threads", type=positive_int, default=2)

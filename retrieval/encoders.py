@@ -183,11 +183,15 @@ class WorldEncoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         texts = _check_texts(texts)
-        out = []
+        # Batches of similar length: a batch is padded to its longest text, and a dialog
+        # benchmark mixes 10-token captions with 120-token dialogs (half the time it took).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dim), np.float32)
         for i in range(0, len(texts), self.batch_size):
-            states, mask = self.text_tower.embed(texts[i:i + self.batch_size])
-            out.append(F.normalize(self.text_path(states, mask), dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            ids = order[i:i + self.batch_size]
+            states, mask = self.text_tower.embed([texts[j] for j in ids])
+            out[ids] = F.normalize(self.text_path(states, mask), dim=-1).float().cpu().numpy()
+        return out
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.encode_images_routed(images)[0]

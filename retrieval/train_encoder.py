@@ -195,8 +195,9 @@ scratch. The text head: {head}. Embeddings are {embed_dim}-d and L2-normalised.
 - Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
   partial caption or 1-4-round dialog prefix, a full and a partial free description
   (world/phrasings.py, training forms only) and two full and one partial in varied wording
-  (world/varied.py: a grammar of places, corners said as two edges, more frames and joins,
-  unknown words in place of 8% of attribute words; no held-out word or phrase);
+  (world/varied.py: a grammar of places, corners said as two edges, more frames, joins and
+  attribute words, unknown words in place of 8% of attribute words; no held-out word or
+  phrase);
   {image_size}x{image_size} images (renderer version {render_version}), a quarter of them
   shrunk to 32x32 and back.
 - {origin}

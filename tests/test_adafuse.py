@@ -232,6 +232,32 @@ def test_the_text_hinge_is_zero_where_fusing_costs_nothing_and_leaves_the_temper
     assert not torch.allclose(plain_w, hinge_w)  # while the hinge does shape the query
 
 
+def test_the_corpus_hinge_charges_a_near_duplicate_that_the_batch_never_shows():
+    """Over the batch a query pulled onto the target's near-duplicate looks harmless: the
+    duplicate is not among the other targets. Over the training corpus it outranks the target,
+    and the hinge charges it. With the batch's own targets as the corpus both agree."""
+    x = torch.from_numpy(unit(8, 16))
+    twin = torch.nn.functional.normalize(x[0] + 0.3 * torch.from_numpy(unit(16, seed=5)), dim=0)
+    q = x.clone()
+    q[0] = twin  # the fused query of example 0 lands on the twin; the text query is exact
+
+    class Fixed(torch.nn.Module):
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(30.0)))
+
+        def forward(self, t, g):
+            return q, None, None
+
+    batch = {"t": x, "g": x, "x": x, "target_id": torch.arange(1, 9)}
+    corpus = torch.cat([twin[None], x])
+    head = Fixed()
+    plain = fusion_loss(head, batch).item()
+    over_batch = fusion_loss(head, batch, 1.0).item() - plain
+    over_corpus = fusion_loss(head, batch, 1.0, corpus).item() - plain
+    assert over_batch < 0.01 and over_corpus > 0.1  # measured: 0.0 against 0.17
+    assert fusion_loss(head, batch | {"target_id": torch.arange(8)}, 1.0, x).item() == (
+        pytest.approx(fusion_loss(head, batch, 1.0).item()))
+
+
 def test_the_text_hinge_makes_the_head_rank_targets_worse_than_text_less_often():
     """Half the pseudo-images show the target, half are unrelated. Under plain InfoNCE the
     gains on some examples pay for the losses on others; the hinge charges the losses alone,

@@ -181,3 +181,28 @@ def test_tables_fit_short_dialogs_and_controls_are_checked_first():
     for bad in ("shufled", "unrelated:x", "unrelated:0"):
         with pytest.raises(ValueError, match="unknown control"):
             check_control(bad)
+
+
+def test_train_fusion_end_to_end_writes_a_checkpoint_the_app_loads(tmp_path, monkeypatch):
+    """`itir train-fusion` on tiny world builds: caches, a few steps, the hinge over the
+    training corpus by default, a card that says so and the command that reproduces it."""
+    from fusion import load_fusion
+    from itir.cli import main
+    from world.build import build_split
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path / "home"))
+    build_split(12, "train", tmp_path / "train", size=32)
+    build_split(10, "val", tmp_path / "val", size=32)
+    args = ["train-fusion", "--dialogs", str(tmp_path / "train" / "dialogs.json"),
+            "--val-dialogs", str(tmp_path / "val" / "dialogs.json"), "--steps", "4",
+            "--set", "generator.steps=2"]
+    assert main([*args, "--out", str(tmp_path / "corpus")]) == 0
+    card = (tmp_path / "corpus" / "README.md").read_text()
+    assert "text hinge over the 12 training corpus images" in card
+    assert "--hinge-over" not in card  # the default needs no flag to reproduce
+    fusion = load_fusion(tmp_path / "corpus")
+    assert 0 < fusion(*(np.eye(256, dtype=np.float32)[:2],) * 2, np.array([0, 3])
+                      ).decision["lambda"][0] < 1
+    assert main([*args, "--hinge-over", "batch", "--out", str(tmp_path / "batch")]) == 0
+    card = (tmp_path / "batch" / "README.md").read_text()
+    assert "text hinge over the batch" in card and "--hinge-over batch" in card

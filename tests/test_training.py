@@ -139,12 +139,12 @@ def test_a_text_fine_tune_trains_copied_tower_layers_at_their_own_rate(tower_lr_
 
 def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
     stale = Corpus(**{**tiny_corpus.__dict__, "images": torch.zeros_like(tiny_corpus.images)})
-    stale.save(tmp_path / "corpus-v5-train-24-64px.pt")  # render 1's name had no suffix
+    stale.save(tmp_path / "corpus-v6-train-24-64px.pt")  # render 1's name had no suffix
     corpus = cached_corpus(24, "train", None, 64, tmp_path)  # no text tower: states are kept
     assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
     assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"corpus-v5-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v5-train-24-64px.pt"]
+        f"corpus-v6-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v6-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

@@ -121,7 +121,7 @@ def test_varied_wording_never_says_what_held_out_wording_says():
 
     import pytest
 
-    from world.varied import HELD_OUT_WORDS, Extra, says_held_out, unknown_word_pool
+    from world.varied import HELD_OUT_WORDS, MORE_WORDS, Extra, says_held_out, unknown_word_pool
 
     pool = unknown_word_pool(["zebra", "piano", "wee", "red", "crimson", "lozenge", "x1", "at",
                               "chess", "circles", "maroon", "left", "two", "background"])
@@ -134,6 +134,9 @@ def test_varied_wording_never_says_what_held_out_wording_says():
     # The wider forms are used, unknown words come at about the set rate ...
     assert sum(w in ("piano", "zebra") for t in texts for w in t.split()) > 100
     assert len({p for t in texts for p in extra.places["top left"] if p in t}) > 30
+    more = {w for table in MORE_WORDS.values() for ws in table.values() for w in ws}
+    said = {w for t in texts for w in more if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", t)}
+    assert len(said) > 40
     # ... and without `extra` descriptions are what they always were.
     assert [describe(sample_scene(i), random.Random(i)) for i in range(5)] == [
         describe(sample_scene(i), random.Random(i), extra=None) for i in range(5)]

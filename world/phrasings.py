@@ -167,7 +167,8 @@ def _word(kind: str, value: str, rng: random.Random, held_out: bool,
     if extra is not None and extra.unknown_rate and rng.random() < extra.unknown_rate:
         return rng.choice(extra.unknown_words)
     options = SYNONYMS[kind].get(value)
-    return _pick(rng, options, held_out) if options else value
+    more = extra.words.get(kind, {}).get(value, ()) if extra is not None else ()
+    return _pick(rng, options, held_out, more) if options else value
 
 
 def _article(words: str) -> str:
