@@ -74,7 +74,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
               batch_size: int = 256, lr: float = 5e-5, seed: int = 0,
               text_hinge: float | None = None, hinge_over: str = "corpus",
               resume: bool = False, images_root: str | Path | None = None,
-              corpus: str | Path | None = None, val_corpus: str | Path | None = None) -> dict:
+              corpus: str | Path | None = None, val_corpus: str | Path | None = None,
+              val_images_root: str | Path | None = None) -> dict:
     """Embed (or reuse the caches of) both dialog sets with the profile's frozen encoder and
     generator, train, and write the checkpoint folder `out` with its card and loss curve
     (`text_hinge` None: the default weight, `TEXT_HINGE`; `hinge_over`: "corpus", the whole
@@ -94,7 +95,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
                          "pseudo-image, so it needs one")
     encoder, generator, seed_g = models.encoder, models.generator, profile.generator.seed
     train_set = read_dialog_set(train_file, corpus, images_root, limit=limit)
-    val_set = read_dialog_set(val_file, val_corpus, images_root, limit=val_limit)
+    val_images_root = val_images_root if val_images_root is not None else images_root
+    val_set = read_dialog_set(val_file, val_corpus, val_images_root, limit=val_limit)
     train_emb = embed_dialog_set(train_set, encoder, generator, seed=seed_g)
     val_emb = embed_dialog_set(val_set, encoder, generator, seed=seed_g)
     model_cfg = ADaFuSEConfig.for_encoder(encoder.dim, encoder.num_parameters, encoder.identity)
@@ -121,7 +123,10 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
                  + (" --hinge-over batch" if hinge_over == "batch" else "")
                  + (f" --corpus {corpus}" if corpus else "")
                  + (f" --val-corpus {val_corpus}" if val_corpus else "")
-                 + (f" --images {images_root}" if images_root else "") + f" --out {out}"),
+                 + (f" --images {images_root}" if images_root else "")
+                 + (f" --val-images {val_images_root}"
+                    if val_images_root is not None and val_images_root != images_root else "")
+                 + f" --out {out}"),
         **run_facts(cfg, log), **asdict(model_cfg), encoder_name=profile.encoder.kind,
         generator=generator.identity, gen_steps=generator.steps,
         gen_guidance=generator.guidance, gen_seed=seed_g, params=params,

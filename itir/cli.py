@@ -94,7 +94,8 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     best = reproduce(out, profile, args.dialogs, args.val_dialogs, args.steps,
                      args.limit, args.val_limit, lr=args.lr, text_hinge=args.text_hinge,
                      hinge_over=args.hinge_over, resume=args.resume, images_root=args.images,
-                     corpus=args.corpus, val_corpus=args.val_corpus)
+                     corpus=args.corpus, val_corpus=args.val_corpus,
+                     val_images_root=args.val_images)
     print(f"wrote {out}", file=sys.stderr)
     if "step" in best:
         print(f"kept step {best['step']}: mean validation Hits@10 {best['score']:.2f}%")
@@ -654,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--val-dialogs", required=True, help="validation dialogs (ChatIR JSON)")
     f.add_argument("--images", default=None, metavar="ROOT", help="image paths of both files "
                    "resolve against ROOT (default: each dialog file's folder)")
+    f.add_argument("--val-images", default=None, metavar="ROOT", help="the validation file's "
+                   "image paths resolve against ROOT instead (default: --images)")
     f.add_argument("--corpus", default=None, help="train corpus JSON (default: corpus.json "
                    "beside the dialogs, else their targets)")
     f.add_argument("--val-corpus", default=None, help="validation corpus JSON (e.g. ChatIR's "

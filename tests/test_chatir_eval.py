@@ -196,9 +196,11 @@ def test_train_fusion_end_to_end_writes_a_checkpoint_the_app_loads(tmp_path, mon
     args = ["train-fusion", "--dialogs", str(tmp_path / "train" / "dialogs.json"),
             "--val-dialogs", str(tmp_path / "val" / "dialogs.json"), "--steps", "4",
             "--set", "generator.steps=2"]
-    assert main([*args, "--out", str(tmp_path / "corpus")]) == 0
+    roots = ["--images", str(tmp_path / "train"), "--val-images", str(tmp_path / "val")]
+    assert main([*args, *roots, "--out", str(tmp_path / "corpus")]) == 0
     card = (tmp_path / "corpus" / "README.md").read_text()
     assert "text hinge over the 12 training corpus images" in card
+    assert f"--val-images {tmp_path / 'val'}" in card  # each file's images, from its root
     assert "--hinge-over" not in card  # the default needs no flag to reproduce
     fusion = load_fusion(tmp_path / "corpus")
     assert 0 < fusion(*(np.eye(256, dtype=np.float32)[:2],) * 2, np.array([0, 3])
