@@ -124,8 +124,8 @@ def reproduce(out: str | Path, profile, train_file: str | Path, val_file: str | 
                  + (f" --corpus {corpus}" if corpus else "")
                  + (f" --val-corpus {val_corpus}" if val_corpus else "")
                  + (f" --images {images_root}" if images_root else "")
-                 + (f" --val-images {val_images_root}"
-                    if val_images_root is not None and val_images_root != images_root else "")
+                 + (f" --val-images {val_images_root}" if val_images_root != images_root
+                    else "")
                  + f" --out {out}"),
         **run_facts(cfg, log), **asdict(model_cfg), encoder_name=profile.encoder.kind,
         generator=generator.identity, gen_steps=generator.steps,

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 
 from fusion.adafuse import ADaFuSE, ADaFuSEConfig
 from fusion.adafuse_head import ADaFuSEHead
@@ -135,7 +136,9 @@ def train_adafuse(text: np.ndarray, image: np.ndarray, target: np.ndarray,
                         state=copy.deepcopy(model.state_dict()))
         return {"val_score": round(score, 3), **details}
 
-    bank = None if corpus is None else torch.from_numpy(np.asarray(corpus, np.float32))
+    # On the device the loop trains on, once: not copied there at every step.
+    bank = (None if corpus is None else
+            torch.from_numpy(np.asarray(corpus, np.float32)).to(PartialState().device))
     loss_fn = functools.partial(fusion_loss, text_hinge=cfg.text_hinge, corpus=bank)
     log = train(head, fusion_batches(text, image, target, cfg.batch_size, target_ids),
                 loss_fn, cfg, out, resume=resume, evaluate=evaluate, desc="train ADaFuSE")
