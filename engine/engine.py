@@ -8,6 +8,7 @@ shared by every session. One turn: dialog state -> query text -> text embedding 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from PIL import Image
 
 from dialog import DialogState, get_reformulation
 from dialog.query import fit_turns
+from engine.load import TurnLoad
 from engine.model_thread import BACKGROUND, HEAVY, model_thread
 from engine.profile import Profile
 from engine.questioner import Asked, Questioner
@@ -27,6 +29,9 @@ from generation.base import Generator
 from generation.spec import GenerationError
 from retrieval.encoders import Encoder
 from retrieval.index import IndexMismatchError, VectorIndex
+
+WARM_UP_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black",
+                   "pink", "brown", "gray", "cyan", "olive", "teal", "navy", "maroon")
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _Drawn:
     steps: int  # denoising steps they took
     weights: np.ndarray | None = None  # [n, domains] how the encoder routed them, if it does
     embed_ms: float = 0.0  # the batch's embedding time
+    text_ms: float = 0.0  # the batch's text queries' time, when the drawing's call read them
     finished: _Finished | None = None  # the turn's search, when the drawing's call ran it
     error: Exception | None = None  # ... or why that search failed
 
@@ -104,6 +110,7 @@ class Engine:
         # Every model call (and FAISS's, also OpenMP) runs on the process's model thread,
         # where concurrent turns' text queries and pseudo-images are batched (model_thread.py).
         self.model_thread = model_thread()
+        self.load = TurnLoad()  # how many turns at once lately: sizes a CPU's drawing steps
         self._ids: dict[str, int] | None = None  # path -> index id, built on first feedback
         # What a person may switch between: the profile's fusion and, with a generator,
         # the built-in static ones.
@@ -120,6 +127,33 @@ class Engine:
         text = f"text on {getattr(self.encoder, 'runtime', 'torch')}"
         return f"fusion {self.fusion.name} · {text} · {drawn} · {len(self.index)} images"
 
+    def warm_up(self, turns: int) -> float:
+        """Search `turns` made-up queries at once, as that many sessions would, and return
+        the seconds it took. A process's first batches through ONNX Runtime and the memory
+        allocator cost far more than later ones: on a freshly started app the first burst
+        of 8 sessions' turns took ~150 ms longer than the next (docs/BENCHMARKS.md,
+        "Concurrent sessions"), so the app pays that before anyone waits on it. Nothing is
+        recorded; a failure is raised, as the first person's turn would have met it."""
+        began = time.perf_counter()
+        queries = [f"{i + 1} small {colour} circles over {ground}, how many objects are "
+                   f"there? {i + 2}" for i, (colour, ground) in enumerate(
+                       zip(WARM_UP_COLOURS, reversed(WARM_UP_COLOURS)))][:turns]
+        errors: list[BaseException] = []
+
+        def search(query: str) -> None:
+            try:
+                self.search(query, round_=1, display=False)
+            except BaseException as e:  # noqa: BLE001  (raised below, in the caller)
+                errors.append(e)
+        threads = [threading.Thread(target=search, args=(q,)) for q in queries]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return time.perf_counter() - began
+
     def search(self, query: str, round_: int = 0, k: int | None = None,
                liked: list[str] = (), rejected: list[str] = (),
                fusion: Fusion | None = None, display: bool = True) -> TurnResult:
@@ -132,6 +166,11 @@ class Engine:
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
+        with self.load.turn():
+            return self._search(query, round_, k, liked, rejected, fusion, display)
+
+    def _search(self, query: str, round_: int, k: int, liked: list[str], rejected: list[str],
+                fusion: Fusion | None, display: bool) -> TurnResult:
         timings: dict[str, float] = {}
         start = tick = time.perf_counter()
 
@@ -142,11 +181,8 @@ class Engine:
             tick = now
 
         chosen = fusion or self.fusion
-        t = np.stack(self.model_thread.batched(("encode_texts", id(self.encoder)), self._text_rows,
-                                               [query], self.profile.encoder.batch_size))
-        lap("encode_text")
 
-        def finish(g: np.ndarray | None) -> _Finished:
+        def finish(t: np.ndarray, g: np.ndarray | None) -> _Finished:
             """Fusion, feedback and the search: on the model thread (FAISS's OpenMP too)."""
             # A fusion that needs the image falls back to the text when there is none.
             used = chosen if g is not None or not chosen.uses_image else TextOnly()
@@ -158,27 +194,39 @@ class Engine:
             return _Finished(used, fused, query_vector, hits, (fused_at - began) * 1e3,
                              (time.perf_counter() - fused_at) * 1e3)
 
-        drawn, notice = None, None
-        if self.generator is not None and (chosen.uses_image or
-                                           (display and self.profile.show_pseudo_image)):
-            # Only a fusion that embeds the image profits from more than one sample.
-            n = self.profile.generator.samples if chosen.uses_image else 1
+        drawn, done, notice = None, None, None
+        if self.generator is not None and chosen.uses_image:
+            # One model call reads the text, draws, embeds, fuses and searches, batched with
+            # every turn waiting for one: as two calls, the turns whose text was read in a
+            # batch asked for their drawing a moment after the model thread had started
+            # the next one without them, so drawings went in small batches (~2x the cost
+            # per image) and concurrent turns took turns instead of sharing.
             try:
-                drawn = self._draw(query, n, finish if chosen.uses_image else None)
+                drawn = self._draw(query, self.profile.generator.samples, finish)
             except GenerationError as e:  # expected failures only; a bug should surface
                 notice = f"No pseudo-image this turn ({e}); searching with the text alone."
             lap("generate")
-        done = drawn.finished if drawn is not None else None
-        if drawn is not None and drawn.error is not None:
-            raise drawn.error  # this turn's fusion or search failed, not the batch's drawing
-        if done is not None:
-            # The drawing's call embedded, fused and searched too: `generate` is the wait for
-            # the batch and the drawing (and the other turns' searches in it).
-            timings["generate"] -= drawn.embed_ms + done.fuse_ms + done.search_ms
-            timings["embed_image"] = drawn.embed_ms
-            timings["fuse"], timings["search"] = done.fuse_ms, done.search_ms
+        if drawn is not None:
+            if drawn.error is not None:
+                raise drawn.error  # this turn's fusion or search failed, not the batch
+            done = drawn.finished
+            # `generate` is the wait for the batch and its drawing; the batch's text and
+            # embedding, and this turn's fusion and search, are laps of their own.
+            timings["generate"] -= (drawn.text_ms + drawn.embed_ms + done.fuse_ms
+                                    + done.search_ms)
+            timings = {"encode_text": drawn.text_ms, **timings, "embed_image": drawn.embed_ms,
+                       "fuse": done.fuse_ms, "search": done.search_ms}
         else:
-            done = self.model_thread.run(finish, None)
+            t = self._text_query(query)
+            lap("encode_text")
+            if (notice is None and self.generator is not None and display
+                    and self.profile.show_pseudo_image):
+                try:  # only to be shown (a UI that shows results first passes display=False)
+                    drawn = self._draw(query, 1)
+                except GenerationError as e:
+                    notice = f"No pseudo-image this turn ({e}); searching with the text alone."
+                lap("generate")
+            done = self.model_thread.run(finish, t, None)
             lap("fuse")  # with the wait for the model thread, as before
             timings["fuse"] -= done.search_ms
             timings["search"] = done.search_ms
@@ -214,48 +262,65 @@ class Engine:
     def _text_rows(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.encoder.encode_texts(texts))
 
+    def _text_query(self, query: str) -> np.ndarray:
+        """[1, D] the query's text embedding, batched with concurrent turns' queries."""
+        return np.stack(self.model_thread.batched(("encode_texts", id(self.encoder)),
+                                                  self._text_rows, [query],
+                                                  self.profile.encoder.batch_size))
+
     def _draw(self, query: str, n: int, finish: Callable | None = None,
               background: bool = False) -> _Drawn:
         """n pseudo-images of `query`, drawn in one batch with concurrent turns' queries. On a
         CPU a batch costs what its images cost one by one, so a big batch draws fewer steps
-        (`[generator] cpu_step_budget`). With `finish`, the same model call embeds the
-        images and hands finish their mean embedding: as calls of their own, the embedding
-        and the search would wait behind the next batch of drawings, which the model thread
-        starts the moment this one ends."""
+        (`[generator] cpu_step_budget`). With `finish`, the same model call also reads the
+        queries' text, embeds the images and hands finish(text, mean image embedding): as
+        calls of their own, each would wait behind the next batch of drawings, which the
+        model thread starts the moment this one ends."""
         spec = self.profile.generator
 
         def draw(items: list[tuple[str, Callable | None]]) -> list[_Drawn]:
+            if finish is not None:
+                began = time.perf_counter()
+                text = (self._text_rows([q for q, _ in items]),
+                        (time.perf_counter() - began) * 1e3)
             steps = self.generator.steps
-            if self.generator.device.type == "cpu":
-                steps = spec.steps_for(len(items) * n, steps)
+            if on_cpu:  # the budget is shared by the turns being served
+                steps = spec.steps_for(max(len(items), self.load.peak()) * n, steps)
             images = self.generator.generate([q for q, _ in items], seed=spec.seed, n=n,
                                              steps=steps)
             mine = [slice(i * n, (i + 1) * n) for i in range(len(items))]
             if finish is None:
                 return [_Drawn(images[s], steps) for s in mine]
-            return self._embed_and_finish(images, steps, items, mine)
+            return self._embed_and_finish(images, steps, items, mine, text)
         # Everything `draw` uses: a batch runs its first caller's closure for all.
         key = ("generate", id(self.generator), id(self.encoder), spec, n, finish is not None)
+        on_cpu = self.generator.device.type == "cpu"
+        company = self.load.peak() * n if finish is not None and on_cpu else 0
         return self.model_thread.batched(key, draw, [(query, finish)], spec.batch_size,
-                                         BACKGROUND if background else HEAVY)[0]
+                                         BACKGROUND if background else HEAVY, company,
+                                         spec.gather_ms / 1e3)[0]
 
     def _embed_and_finish(self, images: list[Image.Image], steps: int,
-                          items: list[tuple[str, Callable]], mine: list[slice]) -> list[_Drawn]:
-        """Embed a batch's pseudo-images and run each turn's search on its own. A turn whose
-        search fails gets its error back; the batch, already drawn, does not fail."""
+                          items: list[tuple[str, Callable]], mine: list[slice],
+                          text: tuple[list[np.ndarray], float]) -> list[_Drawn]:
+        """Embed a batch's pseudo-images and run each turn's search on its own, with its
+        text row (`text`: the batch's rows and how long they took). A turn whose search
+        fails gets its error back; the batch, already drawn, does not fail."""
+        rows, text_ms = text
         began = time.perf_counter()
         routed = getattr(self.encoder, "encode_images_routed", None)
         vectors, weights = (routed(images) if routed is not None
                             else (self.encoder.encode_images(images), None))
         embed_ms = (time.perf_counter() - began) * 1e3
         out = []
-        for (_, finish), s in zip(items, mine):
-            drawn = _Drawn(images[s], steps, None if weights is None else weights[s], embed_ms)
+        for (_, finish), s, t in zip(items, mine, rows):
+            drawn = _Drawn(images[s], steps, None if weights is None else weights[s], embed_ms,
+                           text_ms)
             # The mean of K samples' embeddings: what the K drawings agree on.
             g = vectors[s].mean(0, keepdims=True)
             g /= np.linalg.norm(g, axis=1, keepdims=True)
             try:
-                drawn.finished = finish(g)
+                drawn.finished = finish(t[None], g)
             except Exception as e:  # noqa: BLE001  (raised in that turn's own thread)
                 drawn.error = e
             out.append(drawn)

@@ -23,6 +23,14 @@ turn waited for about three batches of drawings instead of one (docs/BENCHMARKS.
 "Concurrent sessions"). Now a heavy call runs only when no light call waits, and a
 background one (a picture drawn only to be shown) only when nothing else does.
 
+Why a drawing may wait a moment for company: in a busy app, concurrent turns come back a few
+milliseconds apart. The first to arrive when the thread is free started a drawing alone, and
+the others waited for it and then drew in a batch of their own: two drawings where one batch
+costs little more than one image. A drawing told how many turns are being served
+(`company`) waits up to `gather_s` after it arrived for them to join it (at most 30 ms in
+the world profile; measured in docs/BENCHMARKS.md, "Concurrent sessions"), while quick calls
+still run; one that has already waited that long behind other work goes at once.
+
 Why one BLAS thread for NumPy: its products in a turn are small (ADaFuSE's head, the
 questioner's scores, Rocchio), and OpenBLAS's workers spin for a while after each product,
 taking the cores from torch's next kernels. With one thread, the text stage of a world turn
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -52,11 +61,14 @@ class _Call:
     key: Hashable | None = None
     max_batch: int = 1
     rank: int = LIGHT  # which waiting call goes first: the lowest rank, then the oldest
+    company: int = 0  # items (its own too) the caller expects in its batch; 0: no wait
+    gather_s: float = 0.0  # how long after it arrived it may wait for them
     # The caller's context variables (Gradio's request, what ZeroGPU's spaces.GPU reads to
     # know whose quota a call spends) go with the call; a batch runs in its first caller's
     # (so on ZeroGPU the first caller's quota pays for the whole batch).
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     done: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
     result: Any = None
     error: BaseException | None = None
 
@@ -80,14 +92,18 @@ class ModelThread:
         return self._wait(_Call(lambda: fn(*args, **kwargs)))
 
     def batched(self, key: Hashable, fn: Callable[[list], Sequence], items: Sequence,
-                max_batch: int, rank: int = LIGHT) -> list:
+                max_batch: int, rank: int = LIGHT, company: int = 0,
+                gather_s: float = 0.0) -> list:
         """fn's results for `items`, where fn maps a list of items to one result each. Calls
         waiting with an equal `key` are merged into one call of the first one's fn, so the
         key must name the model and the settings (encoder, seed, ...), not only the stage.
         `rank`: HEAVY waits while a LIGHT call waits (a drawing must not hold up the quick
         steps of other turns), BACKGROUND while any other call waits (a picture drawn only to
-        be shown must not hold up another session's search)."""
-        call = _Call(fn, list(items), key, max(max_batch, 1), rank)
+        be shown must not hold up another session's search). `company`: how many items the
+        caller expects in its batch (its own too), waited for up to `gather_s` after it
+        arrived; a LIGHT call never waits."""
+        call = _Call(fn, list(items), key, max(max_batch, 1), rank, min(company, max_batch),
+                     gather_s)
         if not call.items:
             return []
         if self.here:
@@ -111,6 +127,7 @@ class ModelThread:
             with self._ready:
                 while not self._calls:
                     self._ready.wait()
+                self._gather()
                 group = self._next_group()
             self._execute(group)
             if len(group) > 1 and any(call.error is not None for call in group):
@@ -121,6 +138,20 @@ class ModelThread:
                     self._execute([call])
             for call in group:
                 call.done.set()
+
+    def _gather(self) -> None:
+        """Hold the next call while it expects company that has not come yet (and no quicker
+        call waits), up to its `gather_s` after it arrived. Called with the lock held."""
+        while True:
+            first = min(self._calls, key=lambda call: call.rank)
+            if not first.company or first.rank == LIGHT:
+                return
+            waiting = sum(len(c.items) for c in self._calls
+                          if c.key == first.key and c.rank == first.rank)
+            left = first.enqueued + first.gather_s - time.monotonic()
+            if waiting >= first.company or left <= 0:
+                return
+            self._ready.wait(left)
 
     def _next_group(self) -> list[_Call]:
         """The oldest call of the lowest rank, with every waiting call of its key and rank

@@ -18,7 +18,7 @@ from engine.paths import assets_dir, home, profiles_dir
 from fusion.factory import AUTO, BUILT_IN
 from generation.spec import RUNTIMES, GeneratorSpec
 from retrieval.device import DTYPES, resolve_dtype
-from retrieval.spec import DomainSpec, EncoderSpec
+from retrieval.spec import QUANTIZE, DomainSpec, EncoderSpec
 from world.render import RENDER_VERSION
 
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
@@ -71,6 +71,10 @@ class Profile:
     # Turns of different sessions in flight at once (each session's own events run one at a
     # time); their model calls queue on one thread, which batches them (engine/model_thread.py).
     concurrent_turns: int = 8
+    # Before serving, search `concurrent_turns` made-up queries at once (Engine.warm_up), so
+    # the first people after a start do not pay for the models' first batches. Seconds on a
+    # CPU with the world models; a hub generator on a CPU would take minutes: off there.
+    warm_up: bool = False
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     gallery: GallerySpec = field(default_factory=GallerySpec)
@@ -96,6 +100,9 @@ class Profile:
         if self.encoder.runtime not in RUNTIMES:
             raise ValueError(f"profile {self.name!r}: [encoder] runtime must be one of "
                              f"{', '.join(RUNTIMES)}, got {self.encoder.runtime!r}")
+        if self.encoder.quantize not in QUANTIZE:
+            raise ValueError(f"profile {self.name!r}: [encoder] quantize must be one of "
+                             f"{', '.join(QUANTIZE)}, got {self.encoder.quantize!r}")
         if self.encoder.runtime == "onnx" and self.encoder.kind != "world":
             raise ValueError(f"profile {self.name!r}: [encoder] runtime onnx is for the world "
                              f"encoder; a {self.encoder.kind} encoder runs on torch")
@@ -106,6 +113,9 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: [generator] samples and fewest_steps must "
                              f"be at least 1, got {self.generator.samples} and "
                              f"{self.generator.fewest_steps}")
+        if self.generator.gather_ms < 0:
+            raise ValueError(f"profile {self.name!r}: [generator] gather_ms must be 0 or more, "
+                             f"got {self.generator.gather_ms}")
         if self.generator.cpu_step_budget < 0:
             raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget must be 0 "
                              f"(off) or more, got {self.generator.cpu_step_budget}")

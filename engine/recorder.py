@@ -75,6 +75,9 @@ class Recorder:
         """Append one record and make it durable before returning."""
         path = self.path(session_id)
         line = json.dumps(record, ensure_ascii=False) + "\n"
+        # Someone may have moved or deleted the folder while the app runs (cleaning up old
+        # sessions): the records from now on go to a new one, and the turn goes on.
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.scheduler.lock if self.scheduler is not None else None
         if lock is not None:
             lock.acquire()  # the scheduler must not upload half a line
@@ -120,7 +123,7 @@ class Recorder:
                 record["pseudo_image"] = digest
                 if self.save_images:
                     images = self.folder / session_id
-                    images.mkdir(exist_ok=True)
+                    images.mkdir(parents=True, exist_ok=True)
                     (images / f"{digest}.png").write_bytes(data)
         return record
 

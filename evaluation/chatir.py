@@ -216,6 +216,8 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
     emb = embed_dialog_set(ds, models.encoder, models.generator if drawing else None,
                            k=max((k, *also_k)), seed=profile.generator.seed)
     result = {"dialog_file": str(dialogs_file), "encoder": models.encoder.identity,
+              # how its text side ran: "onnx int8" embeds queries a little differently
+              "text_runtime": getattr(models.encoder, "runtime", "torch"),
               **compare(emb, resolved, k, intervals=True)}
     if also_k:
         result["by_k"] = {str(j): compare(emb, resolved, j)["methods"]

@@ -22,13 +22,17 @@ class GeneratorSpec:
     # folder's unet/model.onnx (`itir export-onnx`); auto = onnx on a CPU when the folder has
     # an export of these very weights, torch otherwise.
     runtime: str = "auto"
-    # On a CPU a batch of pseudo-images costs about what its images cost one by one, so a
-    # batch of n images (concurrent turns' x samples) draws min(steps, max(fewest_steps,
-    # cpu_step_budget // n)) steps: turns arriving at once wait for about cpu_step_budget
-    # image-steps of drawing, not n x steps. 0: always `steps`. A GPU draws a batch of small
-    # images for about the cost of one, and always draws `steps`.
+    # On a CPU a batch of pseudo-images costs about what its images cost one by one, so
+    # while the app serves n images' turns at once (concurrent turns x samples: the most in
+    # flight over the last second, engine/load.py), each draws min(steps, max(fewest_steps,
+    # cpu_step_budget // n)) steps: a busy app draws about cpu_step_budget image-steps per
+    # round of turns, not n x steps. 0: always `steps`. A GPU draws a batch of small images
+    # for about the cost of one, and always draws `steps`.
     cpu_step_budget: int = 0
     fewest_steps: int = 2
+    # On a CPU, while other turns are being served, a turn's drawing waits up to this long
+    # (after it asked) for theirs to join its batch (engine/model_thread.py). 0: never.
+    gather_ms: float = 0.0
 
     def steps_for(self, images: int, steps: int) -> int:
         """Denoising steps for a CPU batch of `images` pseudo-images, of a generator that

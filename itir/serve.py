@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -36,8 +38,24 @@ def build_app(profile: Profile | str | None = None, overrides: tuple[str, ...] =
 
 def launch(profile: Profile | str | None = None, overrides: tuple[str, ...] = (), **kwargs):
     """Build and serve. Host and port default to Gradio's (GRADIO_SERVER_NAME/PORT)."""
-    demo, _ = build_app(profile, overrides)
+    demo, engine = build_app(profile, overrides)
     import gradio as gr
+
+    if engine.profile.warm_up:
+        engine.warm_up(engine.profile.concurrent_turns)
+        # Gradio asks matplotlib for its backend around every event, which imports pyplot
+        # on the first (~0.3 s of the first person's first turn): done now, if installed.
+        with contextlib.suppress(ImportError):
+            import matplotlib
+
+            matplotlib.get_backend()
+
+    # Everything loaded so far (torch, the models, Gradio: millions of objects) lives as
+    # long as the app. Frozen, the collector stops walking it: a full collection over it
+    # took 80-320 ms, with every thread stopped, several times a minute under load
+    # (docs/BENCHMARKS.md, "Concurrent sessions").
+    gc.collect()
+    gc.freeze()
 
     kwargs.setdefault("theme", gr.themes.Soft())
     return demo.launch(**kwargs)

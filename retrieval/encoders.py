@@ -28,6 +28,16 @@ from retrieval.text_tower import TextTower
 from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder
 
+# What an int8 text side is checked on against the float graph (OnnxGraph): the kinds of
+# text it reads, from a few words to a long dialog.
+INT8_PROBE = [
+    "a red circle",
+    "two small green squares and a large striped blue triangle on a yellow background",
+    "background: brown. objects: a dotted purple star at the top left, a tiny orange circle",
+    "a big circle, is there a square? no, what colour is the background? white, where is "
+    "the circle? in the middle, how big is the circle? large, is it striped? yes",
+]
+
 
 class Encoder(Protocol):
     identity: str
@@ -65,7 +75,8 @@ class WorldEncoder:
 
     def __init__(self, location: str | Path, text_tower: TextTower, device: str = "cpu",
                  batch_size: int = 256, domains: DomainSpec | None = None,
-                 runtime: str = "torch", onnx_folder: str | Path | None = None):
+                 runtime: str = "torch", onnx_folder: str | Path | None = None,
+                 quantize: str = "none"):
         folder = Path(location)
         weights = folder / "model.safetensors"
         if not (weights.is_file() and (folder / "config.json").is_file()):
@@ -100,9 +111,14 @@ class WorldEncoder:
         self.text_identity = (f"world-text@{tensor_digest(self.model.text.state_dict())}"
                               f"/{cfg.text_tower}/{self.max_tokens}")
         # The runtime is not part of the identity: ONNX Runtime gives the same embeddings
-        # (to ~1e-6), as a batch does.
-        self.text_path = self._text_path(runtime, Path(onnx_folder) if onnx_folder else None)
-        self.runtime = "onnx" if isinstance(self.text_path, OnnxGraph) else "torch"
+        # (to ~1e-6), as a batch does. Its int8 graph does not (cosine ~0.998): queries'
+        # caches are keyed apart; the index (images) and fusion checkpoints stay valid.
+        self.text_path = self._text_path(runtime, Path(onnx_folder) if onnx_folder else None,
+                                         quantize)
+        self.runtime = "torch"
+        if isinstance(self.text_path, OnnxGraph):
+            self.runtime = "onnx int8" if self.text_path.int8 else "onnx"
+            self.text_identity += "+int8" if self.text_path.int8 else ""
         self.routed: RoutedImageTower | None = None
         self.router: Router | None = None
         if domains is not None:
@@ -163,10 +179,10 @@ class WorldEncoder:
     def count_tokens(self, text: str) -> int:
         return self.text_tower.count_tokens(text)
 
-    def _text_path(self, runtime: str, onnx_folder: Path | None) -> Callable:
+    def _text_path(self, runtime: str, onnx_folder: Path | None, quantize: str) -> Callable:
         """The text side after the tower's embedding layer, as one module: the tower's
         layers below those the head owns, then the head. On a CPU it runs on ONNX Runtime
-        where asked (`onnx`) or where it can (`auto`)."""
+        where asked (`onnx`) or where it can (`auto`), there in int8 if `quantize` says."""
         below = self.text_tower.depth - self.model.config.text_layers
         path = TokenLayers(self.text_tower.layers(below), self.model.text)
         if runtime == "onnx" and (self.device.type != "cpu" or onnx_folder is None):
@@ -175,8 +191,11 @@ class WorldEncoder:
                              "encoder.runtime=auto or torch")
         if runtime == "torch" or self.device.type != "cpu" or onnx_folder is None:
             return path
+        int8 = quantize == "int8"
+        probe = self.text_tower.embed(INT8_PROBE) if int8 else None
         graph = where_asked(runtime, lambda: OnnxGraph(path, self.text_tower.width, onnx_folder,
-                                                       "world-text", torch.get_num_threads()),
+                                                       "world-text", torch.get_num_threads(),
+                                                       int8, probe),
                             "The text side")
         return path if graph is None else graph
 

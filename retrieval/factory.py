@@ -18,7 +18,8 @@ def load_encoder(spec: EncoderSpec, device: str = "cpu",
         if text_tower is None:
             raise ValueError("the world encoder needs the text tower it was trained on")
         return WorldEncoder(spec.location, text_tower, device=device, domains=domains,
-                            runtime=spec.runtime, onnx_folder=onnx_folder)
+                            runtime=spec.runtime, onnx_folder=onnx_folder,
+                            quantize=spec.quantize)
     if spec.kind in ("clip", "blip"):
         backend = CLIPEncoder if spec.kind == "clip" else BLIPEncoder
         return backend(spec.location, device=device, batch_size=spec.batch_size)

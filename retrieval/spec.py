@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODER_KINDS = ("world", "clip", "blip")
-HUB_ENCODER_KINDS = ("clip", "blip")  # transformers models, by hub id or local folder
+HUB_ENCODER_KINDS = ("clip", "blip")
+QUANTIZE = ("none", "int8")  # transformers models, by hub id or local folder
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class EncoderSpec:
     # graphs exported on first use into ITIR_HOME/onnx; auto = onnx on a CPU where the
     # export works, torch otherwise. (The generator's UNet: `[generator] runtime`.)
     runtime: str = "auto"
+    # On ONNX Runtime, the world encoder's own text side (not the layers the generator reads)
+    # with its matrix products in int8 ("int8": weights per output channel, activations per
+    # call; about twice as fast on a CPU) or as exported ("none"). Its query embeddings then
+    # differ slightly from float32's (cosine ~0.998), so caches of them are keyed apart.
+    quantize: str = "none"
 
 
 def needs_text_tower(spec: EncoderSpec) -> bool:

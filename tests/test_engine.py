@@ -145,7 +145,7 @@ def test_turns_drawing_together_draw_fewer_steps_and_show_what_they_searched(
     from ui.chat import _status  # the person is told
 
     busy = replace(engine.search(queries[0]), steps=2)
-    assert "pseudo-image in 2 of 4 steps (the CPU was drawing several at once)" in \
+    assert "pseudo-image in 2 of 4 steps (the CPU was serving several turns at once)" in \
         _status(busy, engine)
     assert "steps (the CPU" not in _status(replace(busy, steps=4), engine)
 
@@ -175,18 +175,14 @@ def test_turns_searched_in_one_drawing_call_each_get_their_own_results(
              "two triangles": dict(round_=7)}
     alone = {q: engine.search(q, **kw) for q, kw in turns.items() if kw["round_"] != 7}
     generator._cache.clear()
-    # Hold the model thread while the four texts queue, then again while the four drawings
-    # queue, so that the drawings (and the searches after them) go as one call.
-    release_texts = block(models, running=True)
+    # A turn that fuses the image makes one model call (its text, drawing, fusion and
+    # search): hold the model thread while the four queue, so that they go as one batch.
+    release = block(models, running=True)
     threads, results = in_threads({q: lambda q=q, kw=kw: engine.search(q, **kw)
                                    for q, kw in turns.items()})
-    wait_for(lambda: len(models._calls) == len(turns))
-    release_drawings = block(models)
-    wait_for(lambda: len(models._calls) == 1 + len(turns))
+    wait_for(lambda: len(models._calls) == len(turns))  # one each: no text call of its own
     calls = generator.model_calls
-    release_texts.set()
-    wait_for(lambda: len(models._calls) == len(turns))  # the four drawings wait
-    release_drawings.set()
+    release.set()
     for thread in threads:
         thread.join(10)
     assert generator.model_calls == calls + 1  # one batch
@@ -198,9 +194,27 @@ def test_turns_searched_in_one_drawing_call_each_get_their_own_results(
         assert np.allclose(now.query_vector, before.query_vector, atol=1e-3)
         assert [h.path for h in now.hits][:3] == [h.path for h in before.hits][:3]
         assert now.timings_ms["generate"] >= 0 and "embed_image" in now.timings_ms
+        assert now.timings_ms["encode_text"] > 0  # the batch's text, timed on its own
     assert index.paths[1] not in [h.path for h in results["a big red circle"].hits]
     vectors = [v / np.linalg.norm(v) for v in (results[q].query_vector[0] for q in alone)]
     assert max(float(a @ b) for i, a in enumerate(vectors) for b in vectors[i + 1:]) < 0.999
+
+
+def test_a_lone_turn_draws_the_steps_its_share_of_the_apps_load_allows(
+        parts, tiny_world_pipeline, text_tower):
+    """While other sessions' turns are under way (or were, a moment ago), a turn that
+    draws alone still shares the CPU's step budget with them."""
+    profile, encoder, index = parts
+    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=8,
+                                                 fewest_steps=1, gather_ms=0))
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=4, guidance=2.0)
+    engine = Engine(profile, encoder, index, DAR(), generator)
+    assert engine.search("a red circle").steps == 4  # alone: every step
+    with engine.load.turn(), engine.load.turn(), engine.load.turn():  # three more sessions
+        assert engine.search("a blue square").steps == 2  # 4 turns x 4 steps > 8: 8 // 4
+    assert engine.search("a green star").steps == 2  # they were busy within the last second
+    engine.load.window_s = 0.0
+    assert engine.search("a big circle").steps == 4
 
 
 class FailingGenerator(Generator):
@@ -353,3 +367,24 @@ def test_environment_overrides_every_field_and_the_cli_wins(monkeypatch):
     monkeypatch.setenv("ITIR_TOP_K", "zero")
     with pytest.raises(ValueError, match="top_k takes a int"):
         load_profile("world")
+
+
+def test_a_warm_up_searches_as_sessions_do_records_nothing_and_raises_what_fails(
+        parts, tiny_generator, tmp_path):
+    from engine.recorder import Recorder
+
+    profile, encoder, index = parts
+    engine = Engine(profile, encoder, index, DAR(), tiny_generator,
+                    recorder=Recorder(tmp_path / "sessions"))
+    calls = tiny_generator.model_calls
+    assert engine.warm_up(4) > 0
+    assert tiny_generator.model_calls > calls  # the drawings ran, in 1 to 4 batches
+    assert not list((tmp_path / "sessions").iterdir())  # nobody's session
+
+    class Broken(DAR):
+        def __call__(self, t, g, rounds):
+            raise RuntimeError("this fusion cannot run")
+
+    broken = Engine(profile, encoder, index, Broken(), tiny_generator)
+    with pytest.raises(RuntimeError, match="this fusion cannot run"):
+        broken.warm_up(2)

@@ -119,6 +119,52 @@ def test_light_calls_go_before_heavy_ones_and_background_calls_go_last():
     assert order == ["search", "text b", "drawing a", "drawing b", "shown"]
 
 
+def test_a_drawing_that_expects_company_waits_for_it_but_never_past_its_gather_time():
+    models, seen = ModelThread(), []
+
+    def log(items):
+        seen.append(list(items))
+        return items
+    # Three turns expected: the first waits, the others join it as they come.
+    first = threading.Thread(target=lambda: models.batched("draw", log, ["a"], 8, HEAVY, 3,
+                                                           5.0))
+    first.start()
+    wait_until(lambda: len(models._calls) == 1)
+    time.sleep(0.05)
+    assert seen == []  # held: two more are expected, and its 5 s are not up
+    assert models.run(lambda: "a quick call goes meanwhile") == "a quick call goes meanwhile"
+    others = [threading.Thread(target=lambda q=q: models.batched("draw", log, [q], 8, HEAVY))
+              for q in ("b", "c")]
+    for thread in others:
+        thread.start()
+    for thread in (*others, first):
+        thread.join(10)
+    assert seen == [["a", "b", "c"]]
+    # Company that never comes costs at most the gather time, counted from the call's arrival.
+    began = time.monotonic()
+    assert models.batched("draw", log, ["alone"], 8, HEAVY, 4, 0.1) == ["alone"]
+    assert 0.09 <= time.monotonic() - began < 2
+    began = time.monotonic()
+    assert models.batched("draw", log, ["none expected"], 8, HEAVY, 1, 5.0) == ["none expected"]
+    assert time.monotonic() - began < 2
+
+
+def test_the_turn_load_is_the_peak_of_turns_in_flight_over_its_window():
+    from engine.load import TurnLoad
+
+    load = TurnLoad(window_s=0.2)
+    assert load.peak() == 0
+    with load.turn(), load.turn():
+        with load.turn():
+            assert load.peak() == 3
+        assert load.peak() == 3  # a turn that just ended still counts: its session is busy
+    assert load.peak() == 3
+    time.sleep(0.25)
+    assert load.peak() == 0
+    with load.turn():
+        assert load.peak() == 1
+
+
 def test_a_call_runs_in_its_callers_context():
     who = contextvars.ContextVar("who", default="nobody")
     models = ModelThread()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from retrieval import onnx_graph
 from retrieval.encoders import WorldEncoder
 from retrieval.onnx_graph import OnnxGraph, TokenLayers
 from retrieval.text_tower import TextTower
@@ -146,7 +147,7 @@ def test_the_world_profile_runs_the_text_side_on_onnx_unless_told_torch(onnx_fol
     from engine.factory import load_models
     from engine.profile import load_profile
 
-    on_onnx = load_models(load_profile("world"))
+    on_onnx = load_models(load_profile("world", ["encoder.quantize=none"]))
     assert (on_onnx.encoder.runtime, on_onnx.text_tower.runtime) == ("onnx", "onnx")
     on_torch = load_models(load_profile("world", ["encoder.runtime=torch"]))
     assert (on_torch.encoder.runtime, on_torch.text_tower.runtime) == ("torch", "torch")
@@ -154,3 +155,54 @@ def test_the_world_profile_runs_the_text_side_on_onnx_unless_told_torch(onnx_fol
     query = ["a large red circle on blue, what color is the circle? red"]
     assert np.allclose(on_onnx.encoder.encode_texts(query), on_torch.encoder.encode_texts(query),
                        atol=1e-5)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_the_int8_text_side_embeds_close_to_float_and_keys_its_caches_apart(
+        random_world_encoder_dir, random_world_encoder, text_tower, tmp_path):
+    """Quantized once per weights, beside the float graph; queries' caches are keyed apart
+    (their embeddings differ a little), the index's and fusion checkpoints' identity not."""
+    enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
+                       onnx_folder=tmp_path, quantize="int8")
+    assert enc.runtime == "onnx int8" and enc.text_path.path.name.endswith("-int8.onnx")
+    assert enc.identity == random_world_encoder.identity
+    assert enc.text_identity == random_world_encoder.text_identity + "+int8"
+    got, want = enc.encode_texts(TEXTS), random_world_encoder.encode_texts(TEXTS)
+    assert cosines(got, want).min() > 0.98 and not np.allclose(got, want, atol=1e-5)
+    stamp = enc.text_path.path.stat().st_mtime_ns
+    again = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
+                         onnx_folder=tmp_path, quantize="int8")
+    assert again.text_path.path.stat().st_mtime_ns == stamp  # loaded, not made again
+    enc.text_path.path.write_bytes(b"half a graph")
+    redone = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
+                          onnx_folder=tmp_path, quantize="int8")
+    assert redone.runtime == "onnx int8" and np.allclose(redone.encode_texts(TEXTS), got)
+
+
+def test_an_int8_graph_that_cannot_be_had_leaves_the_float_graph_with_a_warning(
+        random_world_encoder_dir, random_world_encoder, text_tower, tmp_path, monkeypatch):
+    def broken(source, target):
+        raise RuntimeError("no quantizer here")
+
+    monkeypatch.setattr(onnx_graph, "quantize_int8", broken)
+    with pytest.warns(UserWarning, match="could not quantize world-text.*no quantizer"):
+        enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
+                           onnx_folder=tmp_path, quantize="int8")
+    assert enc.runtime == "onnx" and enc.text_identity == random_world_encoder.text_identity
+    assert np.allclose(enc.encode_texts(TEXTS), random_world_encoder.encode_texts(TEXTS),
+                       atol=1e-5)
+
+
+def test_the_world_profile_quantizes_the_encoders_text_side_only(onnx_folder):
+    """int8 where it pays and was measured (the encoder's own text side); the layers the
+    generator reads stay float, and a profile may ask for float everywhere."""
+    from engine.factory import load_models
+    from engine.profile import load_profile
+
+    models = load_models(load_profile("world"))
+    assert (models.encoder.runtime, models.text_tower.runtime) == ("onnx int8", "onnx")
+    with pytest.raises(ValueError, match="quantize must be one of none, int8"):
+        load_profile("world", ["encoder.quantize=int4"])

@@ -142,6 +142,22 @@ def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, t
     assert json.loads(path.read_text().splitlines()[0])["session"] == session.state.session_id
 
 
+def test_a_sessions_folder_deleted_while_the_app_runs_is_made_again(engine, tmp_path):
+    import shutil
+
+    from engine.recorder import Recorder, read_records
+
+    engine.recorder = Recorder(tmp_path / "rec")
+    try:
+        session = engine.session()
+        session.send("a blue star")
+        shutil.rmtree(tmp_path / "rec")  # someone cleans up old sessions
+        session.send("it is small")  # the turn goes on, and is recorded
+    finally:
+        engine.recorder = None
+    assert [r["round"] for r in read_records([tmp_path / "rec"])] == [1]
+
+
 def test_a_dialog_past_the_token_window_keeps_the_newest_answers_and_says_so(engine):
     from dialog.query import fit_turns
 

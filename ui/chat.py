@@ -84,7 +84,7 @@ def _status(result: TurnResult, engine: Engine) -> str:
     if result.steps is not None and engine.generator is not None \
             and result.steps < engine.generator.steps:  # cpu_step_budget: searches at once
         busy = (f" · pseudo-image in {result.steps} of {engine.generator.steps} steps "
-                "(the CPU was drawing several at once)")
+                "(the CPU was serving several turns at once)")
     return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)}{routed}"
             f"{busy} · **Gallery:** {len(engine.index)} images · {timings}")
 
