@@ -135,9 +135,10 @@ class Engine:
         "Concurrent sessions"), so the app pays that before anyone waits on it. Nothing is
         recorded; a failure is raised, as the first person's turn would have met it."""
         began = time.perf_counter()
-        queries = [f"{i + 1} small {colour} circles over {ground}, how many objects are "
-                   f"there? {i + 2}" for i, (colour, ground) in enumerate(
-                       zip(WARM_UP_COLOURS, reversed(WARM_UP_COLOURS)))][:turns]
+        colours = WARM_UP_COLOURS
+        queries = [f"{i % 4 + 1} small {colours[i % len(colours)]} circles over "
+                   f"{colours[-1 - i % len(colours)]}, how many objects are there? "
+                   f"{i % 4 + 1}" for i in range(turns)]
         errors: list[BaseException] = []
 
         def search(query: str) -> None:
@@ -210,8 +211,9 @@ class Engine:
             if drawn.error is not None:
                 raise drawn.error  # this turn's fusion or search failed, not the batch
             done = drawn.finished
-            # `generate` is the wait for the batch and its drawing; the batch's text and
-            # embedding, and this turn's fusion and search, are laps of their own.
+            # `generate` is the wait for the batch and its drawing (and the other turns'
+            # searches in it); the batch's text and embedding, and this turn's fusion and
+            # search, are laps of their own.
             timings["generate"] -= (drawn.text_ms + drawn.embed_ms + done.fuse_ms
                                     + done.search_ms)
             timings = {"encode_text": drawn.text_ms, **timings, "embed_image": drawn.embed_ms,
@@ -295,7 +297,8 @@ class Engine:
         # Everything `draw` uses: a batch runs its first caller's closure for all.
         key = ("generate", id(self.generator), id(self.encoder), spec, n, finish is not None)
         on_cpu = self.generator.device.type == "cpu"
-        company = self.load.peak() * n if finish is not None and on_cpu else 0
+        # Company in calls, one per turn whatever its number of samples.
+        company = self.load.peak() if finish is not None and on_cpu else 0
         return self.model_thread.batched(key, draw, [(query, finish)], spec.batch_size,
                                          BACKGROUND if background else HEAVY, company,
                                          spec.gather_ms / 1e3)[0]

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 
 
 class TurnLoad:
-    """`with load.turn():` around each turn; `load.peak()` is the most turns in flight at
-    once within the last `window_s` seconds (at least those in flight now)."""
+    """`with load.turn():` around each turn; `load.peak()` is the most turns that were in
+    flight at once at any moment of the last `window_s` seconds (at least those in flight
+    now). Text-only turns count too: they share the cores with the drawings."""
 
     def __init__(self, window_s: float = 1.0):
         self.window_s = window_s
@@ -32,16 +33,24 @@ class TurnLoad:
     def turn(self) -> Iterator[None]:
         with self._lock:
             self._now += 1
-            self._seen.append((time.monotonic(), self._now))
+            self._note()
         try:
             yield
         finally:
             with self._lock:
+                self._note()  # a long turn that ends now was in flight until now
                 self._now -= 1
 
     def peak(self) -> int:
         with self._lock:
-            horizon = time.monotonic() - self.window_s
-            while self._seen and self._seen[0][0] < horizon:
-                self._seen.popleft()
+            self._forget()
             return max([self._now, *(n for _, n in self._seen)])
+
+    def _note(self) -> None:
+        self._seen.append((time.monotonic(), self._now))
+        self._forget()  # kept short whether or not anyone asks for the peak
+
+    def _forget(self) -> None:
+        horizon = time.monotonic() - self.window_s
+        while self._seen and self._seen[0][0] <= horizon:
+            self._seen.popleft()

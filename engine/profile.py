@@ -21,6 +21,7 @@ from retrieval.device import DTYPES, resolve_dtype
 from retrieval.spec import QUANTIZE, DomainSpec, EncoderSpec
 from world.render import RENDER_VERSION
 
+MAX_GATHER_MS = 1000  # a drawing waiting longer for company would cost more than it saves
 ASSET_PREFIX = "assets/"  # locations under it are the shipped weights, wherever installed
 
 
@@ -113,9 +114,13 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: [generator] samples and fewest_steps must "
                              f"be at least 1, got {self.generator.samples} and "
                              f"{self.generator.fewest_steps}")
-        if self.generator.gather_ms < 0:
-            raise ValueError(f"profile {self.name!r}: [generator] gather_ms must be 0 or more, "
-                             f"got {self.generator.gather_ms}")
+        if not 0 <= self.generator.gather_ms <= MAX_GATHER_MS:  # also refuses nan
+            raise ValueError(f"profile {self.name!r}: [generator] gather_ms must be from 0 to "
+                             f"{MAX_GATHER_MS}, got {self.generator.gather_ms}")
+        if self.encoder.quantize != "none" and self.encoder.kind != "world":
+            raise ValueError(f"profile {self.name!r}: [encoder] quantize is for the world "
+                             f"encoder's text side; a {self.encoder.kind} encoder runs as "
+                             "it is (quantize = \"none\")")
         if self.generator.cpu_step_budget < 0:
             raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget must be 0 "
                              f"(off) or more, got {self.generator.cpu_step_budget}")

@@ -34,6 +34,7 @@ from retrieval.weights import tensor_digest
 GRAPH_VERSION = "v1"  # part of every graph's name: bump to retire all earlier exports
 TOLERANCE = 1e-4  # graph vs torch on the check input; ONNX Runtime differs by ~5e-7
 INT8_COSINE = 0.98  # int8 vs float graph on real inputs, each row; measured ~0.995-0.999
+INT8_VERSION = "q1"  # in int8 graphs' names: bump when quantize_int8's settings change
 T = TypeVar("T")
 ONNX_FIX = ("set onnx_folder (ITIR_ONNX_FOLDER) to a folder itir may write, or "
             "encoder.runtime=torch")
@@ -127,7 +128,7 @@ class OnnxGraph:
     Raises RuntimeError when no graph that agrees with `module` can be had (the caller
     decides whether torch may run it instead).
 
-    With `int8`, what runs is that graph with its matrix products in int8 (`...-int8.onnx`,
+    With `int8`, what runs is that graph with its matrix products in int8 (`...-int8q1.onnx`,
     made from the checked float graph; `quantize_int8`). It cannot match the model to 1e-4,
     so it is checked against the float graph on `probe`, real inputs, by cosine; if it cannot
     be had, the float graph runs, with a warning, and `int8` says so."""
@@ -168,7 +169,7 @@ class OnnxGraph:
     def _use_int8(self, probe: tuple[torch.Tensor, torch.Tensor], threads: int,
                   fresh: bool) -> None:
         float_session, want = self.session, self(*probe)
-        path = self.path.with_name(f"{self.path.stem}-int8.onnx")
+        path = self.path.with_name(f"{self.path.stem}-int8{INT8_VERSION}.onnx")
         for attempt in range(2):  # a stale or broken int8 file is made again, once
             try:
                 if fresh or attempt or not path.is_file():

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODER_KINDS = ("world", "clip", "blip")
-HUB_ENCODER_KINDS = ("clip", "blip")
-QUANTIZE = ("none", "int8")  # transformers models, by hub id or local folder
+HUB_ENCODER_KINDS = ("clip", "blip")  # transformers models, by hub id or local folder
+QUANTIZE = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class EncoderSpec:
     # with its matrix products in int8 ("int8": weights per output channel, activations per
     # call; about twice as fast on a CPU) or as exported ("none"). Its query embeddings then
     # differ slightly from float32's (cosine ~0.998), so caches of them are keyed apart.
+    # Nothing to quantize where the text side runs on torch.
     quantize: str = "none"
 
 

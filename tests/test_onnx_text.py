@@ -167,7 +167,7 @@ def test_the_int8_text_side_embeds_close_to_float_and_keys_its_caches_apart(
     (their embeddings differ a little), the index's and fusion checkpoints' identity not."""
     enc = WorldEncoder(random_world_encoder_dir, text_tower, runtime="onnx",
                        onnx_folder=tmp_path, quantize="int8")
-    assert enc.runtime == "onnx int8" and enc.text_path.path.name.endswith("-int8.onnx")
+    assert enc.runtime == "onnx int8" and enc.text_path.path.name.endswith("-int8q1.onnx")
     assert enc.identity == random_world_encoder.identity
     assert enc.text_identity == random_world_encoder.text_identity + "+int8"
     got, want = enc.encode_texts(TEXTS), random_world_encoder.encode_texts(TEXTS)
@@ -206,3 +206,5 @@ def test_the_world_profile_quantizes_the_encoders_text_side_only(onnx_folder):
     assert (models.encoder.runtime, models.text_tower.runtime) == ("onnx int8", "onnx")
     with pytest.raises(ValueError, match="quantize must be one of none, int8"):
         load_profile("world", ["encoder.quantize=int4"])
+    with pytest.raises(ValueError, match="quantize is for the world encoder"):
+        load_profile("clip-sdturbo", ["encoder.quantize=int8"])
