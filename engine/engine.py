@@ -8,9 +8,9 @@ shared by every session. One turn: dialog state -> query text -> text embedding 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +30,17 @@ from generation.spec import GenerationError
 from retrieval.encoders import Encoder
 from retrieval.index import IndexMismatchError, VectorIndex
 
-WARM_UP_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black",
-                   "pink", "brown", "gray", "cyan", "olive", "teal", "navy", "maroon")
+# What `Engine.warm_up` searches: eight different made-up turns (a batch of distinct texts).
+WARM_UP_QUERIES = (
+    "a red circle over blue, how many objects are there? one",
+    "two small green squares on a white background",
+    "a large striped yellow triangle at the top left",
+    "three purple stars over black, what size are they? small",
+    "an orange hexagon in the middle, is it dotted? yes",
+    "a gray cross on a pink background",
+    "two brown diamonds, where are they? on the right",
+    "a big cyan heart over olive, is there anything else? no",
+)
 
 
 @dataclass
@@ -131,28 +140,14 @@ class Engine:
         """Search `turns` made-up queries at once, as that many sessions would, and return
         the seconds it took. A process's first batches through ONNX Runtime and the memory
         allocator cost far more than later ones: on a freshly started app the first burst
-        of 8 sessions' turns took ~150 ms longer than the next (docs/BENCHMARKS.md,
-        "Concurrent sessions"), so the app pays that before anyone waits on it. Nothing is
-        recorded; a failure is raised, as the first person's turn would have met it."""
+        of 8 sessions' turns took ~575 ms p50 against ~350 ms for the next ones
+        (docs/BENCHMARKS.md, "Concurrent sessions"), so the app pays that before anyone
+        waits on it. Nothing is recorded; a failure is raised, as the first person's turn
+        would have met it."""
         began = time.perf_counter()
-        colours = WARM_UP_COLOURS
-        queries = [f"{i % 4 + 1} small {colours[i % len(colours)]} circles over "
-                   f"{colours[-1 - i % len(colours)]}, how many objects are there? "
-                   f"{i % 4 + 1}" for i in range(turns)]
-        errors: list[BaseException] = []
-
-        def search(query: str) -> None:
-            try:
-                self.search(query, round_=1, display=False)
-            except BaseException as e:  # noqa: BLE001  (raised below, in the caller)
-                errors.append(e)
-        threads = [threading.Thread(target=search, args=(q,)) for q in queries]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        queries = [WARM_UP_QUERIES[i % len(WARM_UP_QUERIES)] for i in range(turns)]
+        with ThreadPoolExecutor(max(turns, 1)) as pool:  # map re-raises the first failure
+            list(pool.map(lambda q: self.search(q, round_=1, display=False), queries))
         return time.perf_counter() - began
 
     def search(self, query: str, round_: int = 0, k: int | None = None,
@@ -279,12 +274,13 @@ class Engine:
         calls of their own, each would wait behind the next batch of drawings, which the
         model thread starts the moment this one ends."""
         spec = self.profile.generator
+        on_cpu = self.generator.device.type == "cpu"
 
         def draw(items: list[tuple[str, Callable | None]]) -> list[_Drawn]:
-            if finish is not None:
+            if finish is not None:  # the text first: a text that fails costs no drawing
                 began = time.perf_counter()
-                text = (self._text_rows([q for q, _ in items]),
-                        (time.perf_counter() - began) * 1e3)
+                rows = self._text_rows([q for q, _ in items])
+                text_ms = (time.perf_counter() - began) * 1e3
             steps = self.generator.steps
             if on_cpu:  # the budget is shared by the turns being served
                 steps = spec.steps_for(max(len(items), self.load.peak()) * n, steps)
@@ -293,10 +289,9 @@ class Engine:
             mine = [slice(i * n, (i + 1) * n) for i in range(len(items))]
             if finish is None:
                 return [_Drawn(images[s], steps) for s in mine]
-            return self._embed_and_finish(images, steps, items, mine, text)
+            return self._embed_and_finish(images, steps, items, mine, rows, text_ms)
         # Everything `draw` uses: a batch runs its first caller's closure for all.
         key = ("generate", id(self.generator), id(self.encoder), spec, n, finish is not None)
-        on_cpu = self.generator.device.type == "cpu"
         # Company in calls, one per turn whatever its number of samples.
         company = self.load.peak() if finish is not None and on_cpu else 0
         return self.model_thread.batched(key, draw, [(query, finish)], spec.batch_size,
@@ -305,11 +300,10 @@ class Engine:
 
     def _embed_and_finish(self, images: list[Image.Image], steps: int,
                           items: list[tuple[str, Callable]], mine: list[slice],
-                          text: tuple[list[np.ndarray], float]) -> list[_Drawn]:
+                          rows: list[np.ndarray], text_ms: float) -> list[_Drawn]:
         """Embed a batch's pseudo-images and run each turn's search on its own, with its
-        text row (`text`: the batch's rows and how long they took). A turn whose search
-        fails gets its error back; the batch, already drawn, does not fail."""
-        rows, text_ms = text
+        text row (`rows`, read in `text_ms`). A turn whose search fails gets its error
+        back; the batch, already drawn, does not fail."""
         began = time.perf_counter()
         routed = getattr(self.encoder, "encode_images_routed", None)
         vectors, weights = (routed(images) if routed is not None
