@@ -184,6 +184,7 @@ def test_turns_searched_in_one_drawing_call_each_get_their_own_results(
     threads, results = in_threads({q: lambda q=q, kw=kw: engine.search(q, **kw)
                                    for q, kw in turns.items()})
     wait_for(lambda: len(models._calls) == len(turns))  # one each: no text call of its own
+    assert {call.key[0] for call in models._calls} == {"generate"}
     calls = generator.model_calls
     release.set()
     for thread in threads:
