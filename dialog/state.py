@@ -66,8 +66,12 @@ class DialogState:
 
     def marked(self, kind: ClickKind) -> list[str]:
         """Paths marked `kind` so far, without repeats, latest mark per path winning."""
-        latest = {c.path: c.kind for c in self.clicks}
-        return [p for p, k in latest.items() if k == kind]
+        return list(self.marked_rounds(kind))
+
+    def marked_rounds(self, kind: ClickKind) -> dict[str, int]:
+        """Path -> the round it was marked `kind` at, for the paths whose latest mark it is."""
+        latest = {c.path: c for c in self.clicks}
+        return {p: c.round for p, c in latest.items() if c.kind == kind}
 
     def query(self, reformulate=chatir_query) -> str:
         return reformulate(self.texts)

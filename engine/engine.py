@@ -9,7 +9,7 @@ shared by every session. One turn: dialog state -> query text -> text embedding 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,6 +29,9 @@ from generation.base import Generator
 from generation.spec import GenerationError
 from retrieval.encoders import Encoder
 from retrieval.index import IndexMismatchError, VectorIndex
+
+# Gallery paths marked by a click, alike or each with its weight (Rocchio's mean).
+Marks = Sequence[str] | Mapping[str, float]
 
 # What `Engine.warm_up` searches: eight different made-up turns (a batch of distinct texts).
 WARM_UP_QUERIES = (
@@ -151,21 +154,22 @@ class Engine:
         return time.perf_counter() - began
 
     def search(self, query: str, round_: int = 0, k: int | None = None,
-               liked: list[str] = (), rejected: list[str] = (),
+               liked: Marks = (), rejected: Marks = (),
                fusion: Fusion | None = None, display: bool = True) -> TurnResult:
         """Search for one query text at dialog round `round_` (the fusion may depend on it).
 
-        `liked` / `rejected`: gallery paths marked "more like this" / "not this"; the query
-        moves towards the first and away from the second (Rocchio), and rejected images are
-        never returned. `display=False`: draw the pseudo-image only if the fusion needs it
-        (a UI that shows the results first draws it afterwards with `pseudo_image`)."""
+        `liked` / `rejected`: gallery paths marked "more like this" / "not this" (or path ->
+        weight); the query moves towards the first and away from the second (Rocchio), and
+        rejected images are never returned. `display=False`: draw the pseudo-image only if
+        the fusion needs it (a UI that shows the results first draws it afterwards with
+        `pseudo_image`)."""
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
         with self.load.turn():
             return self._search(query, round_, k, liked, rejected, fusion, display)
 
-    def _search(self, query: str, round_: int, k: int, liked: list[str], rejected: list[str],
+    def _search(self, query: str, round_: int, k: int, liked: Marks, rejected: Marks,
                 fusion: Fusion | None, display: bool) -> TurnResult:
         timings: dict[str, float] = {}
         start = tick = time.perf_counter()
@@ -340,24 +344,32 @@ class Engine:
                  if i >= 0 and self.index.paths[i] not in exclude]
         return [Hit(r, self.index.paths[i], s, i) for r, (s, i) in enumerate(found[:k])]
 
-    def _vectors_of(self, paths: list[str]) -> np.ndarray:
+    def _index_ids(self) -> dict[str, int]:
         if self._ids is None:
             self._ids = {p: i for i, p in enumerate(self.index.paths)}
-        ids = [self._ids[p] for p in paths if p in self._ids]
-        return self.index.vectors_of(ids)
+        return self._ids
 
-    def _feedback(self, query: np.ndarray, liked: list[str], rejected: list[str]) -> np.ndarray:
+    def _feedback(self, query: np.ndarray, liked: Marks, rejected: Marks) -> np.ndarray:
         """Rocchio relevance feedback in the embedding space."""
         if not liked and not rejected:
             return query
         fb = self.profile.feedback
         q = fb.alpha * query[0]
-        liked_v, rejected_v = self._vectors_of(liked), self._vectors_of(rejected)
-        if len(liked_v):  # paths no longer in the index are ignored
-            q = q + fb.beta * liked_v.mean(0)
-        if len(rejected_v):
-            q = q - fb.gamma * rejected_v.mean(0)
+        for marks, weight in ((liked, fb.beta), (rejected, -fb.gamma)):
+            mean = self._mean_of(marks)
+            if mean is not None:  # paths no longer in the index are ignored
+                q = q + weight * mean
         return (q / max(np.linalg.norm(q), 1e-12))[None].astype(np.float32)
+
+    def _mean_of(self, marks: Marks) -> np.ndarray | None:
+        """The weighted mean embedding of marked gallery paths; None if none is indexed."""
+        weights = marks if isinstance(marks, Mapping) else dict.fromkeys(marks, 1.0)
+        ids = self._index_ids()
+        known = [p for p in weights if p in ids]
+        if not known:
+            return None
+        w = np.array([weights[p] for p in known], np.float32)
+        return w @ self.index.vectors_of([ids[p] for p in known]) / w.sum()
 
     def ask(self, state: DialogState, hits: list[Hit]) -> Asked | None:
         """The next clarifying question for what is on screen (None: nothing left to ask)."""
@@ -378,8 +390,10 @@ class Engine:
                            self.reformulate)
         query = self.reformulate(fitted.texts)
         reformulate_ms = (time.perf_counter() - start) * 1e3
-        result = self.search(query, state.round, k, state.marked("more"), state.marked("less"),
-                             fusion, display)
+        decay = self.profile.feedback.decay  # a mark weighs less as the dialog moves on
+        liked, rejected = ({p: decay ** (state.round - r) for p, r in
+                            state.marked_rounds(kind).items()} for kind in ("more", "less"))
+        result = self.search(query, state.round, k, liked, rejected, fusion, display)
         result.timings_ms = {"reformulate": reformulate_ms, **result.timings_ms}
         if fitted.dropped or fitted.shortened:
             left_out = (f"round{'s' if len(fitted.dropped) > 1 else ''} "

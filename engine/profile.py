@@ -45,10 +45,14 @@ class QuestionSpec:
 
 @dataclass(frozen=True)
 class FeedbackSpec:
-    # Rocchio: q' = alpha*q + beta*mean(liked) - gamma*mean(rejected), renormalised.
+    # Rocchio: q' = alpha*q + beta*mean(liked) - gamma*mean(rejected), renormalised; the
+    # means weigh a mark made `a` rounds ago by decay**a (1: every mark alike). Older marks
+    # were made on vaguer results: simulated users find targets sooner when the newest
+    # marks lead (decay 0.3 against 1: docs/BENCHMARKS.md, "The interactive loop").
     alpha: float = 1.0
     beta: float = 0.6
     gamma: float = 0.3
+    decay: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class Profile:
         if self.generator.cpu_step_budget < 0:
             raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget must be 0 "
                              f"(off) or more, got {self.generator.cpu_step_budget}")
+        if not 0 < self.feedback.decay <= 1:  # also refuses nan
+            raise ValueError(f"profile {self.name!r}: [feedback] decay must be in (0, 1], got "
+                             f"{self.feedback.decay}")
         if self.fusion_fallback not in BUILT_IN:
             raise ValueError(f"profile {self.name!r}: fusion_fallback must be one of "
                              f"{sorted(BUILT_IN)}, got {self.fusion_fallback!r}")

@@ -37,10 +37,14 @@ def true_answer(question_id: str, scene: Scene) -> str | None:
             }.get(question_id)
 
 
-def full_rank(gallery: np.ndarray, result, target_id: int) -> int:
-    """The target's 0-based rank in the whole `gallery` [M, D] under the turn's query."""
+def full_rank(gallery: np.ndarray, result, target_id: int, hidden: list[int] = ()) -> int:
+    """The target's 0-based rank in the whole `gallery` [M, D] under the turn's query, not
+    counting the `hidden` images: those marked "not this", which the session never shows
+    again, so they do not stand between the target and the screen."""
     scores = gallery @ result.query_vector[0]
-    return int((scores > scores[target_id]).sum())
+    above = scores > scores[target_id]
+    above[list(hidden)] = False
+    return int(above.sum())
 
 
 def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: bool = False,
@@ -59,7 +63,8 @@ def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: boo
         result = session.send(partial_caption(scene, rng)[0])
         found = None
         for r in range(rounds + 1):
-            ranks[n, r] = full_rank(vectors, result, target_id)
+            hidden = [ids[p] for p in session.state.marked("less")]
+            ranks[n, r] = full_rank(vectors, result, target_id, hidden)
             shown = [h.path for h in result.hits]
             if found is None and target in shown:
                 session.click(target, "found")
@@ -87,22 +92,24 @@ def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: boo
             "bri": round(bri(ranks), 4),
             "found_by_round": [round(100 * float(np.mean([f is not None and f <= r
                                                           for f in found_at])), 2)
-                               for r in range(rounds + 1)]}
+                               for r in range(rounds + 1)],
+            "found_at": found_at}  # per session: the round it was found at, or None
 
 
 def run(profile, sessions: int, gallery_size: int, variants: list[tuple[str, bool]],
-        rounds: int = ROUNDS, seed: int = 0) -> dict:
+        rounds: int = ROUNDS, seed: int = 0, first: int = 0) -> dict:
     """Simulate `sessions` users per (questioner strategy, feedback) variant over the first
-    `gallery_size` world test scenes as the gallery (targets: the first `sessions`)."""
+    `gallery_size` world test scenes as the gallery (targets: scenes `first`, `first` + 1,
+    ...)."""
     from dataclasses import replace
 
     from engine.factory import build_engine
     from engine.profile import GallerySpec
     from world.scene import sample_scene, split_seed
 
-    if sessions > gallery_size:
-        raise ValueError(f"--sessions ({sessions}) cannot exceed --gallery ({gallery_size}): "
-                         "every target must be in the gallery")
+    if first < 0 or first + sessions > gallery_size:
+        raise ValueError(f"--first ({first}) + --sessions ({sessions}) cannot exceed --gallery "
+                         f"({gallery_size}): every target must be in the gallery")
     # top_k 10: "shown" is exactly what Hits@10 counts, so finding it and Hits@10 agree.
     base = replace(profile, gallery=GallerySpec(world_scenes=gallery_size), index=None, top_k=10,
                    show_pseudo_image=False, recording=replace(profile.recording, enabled=False))
@@ -110,11 +117,12 @@ def run(profile, sessions: int, gallery_size: int, variants: list[tuple[str, boo
     if engine.questioner is None:
         raise ValueError("simulated users answer the system's questions: set a question "
                          "bank ([questions] bank, e.g. world)")
-    scenes = [sample_scene(split_seed("test", i)) for i in range(sessions)]
+    chosen = range(first, first + sessions)
+    scenes = [sample_scene(split_seed("test", i)) for i in chosen]
     paths = [p for p in engine.index.paths if p.endswith(".png")]
     by_index = {int(p.rsplit("-", 1)[1].split(".")[0]): p for p in paths}
-    targets = [by_index[i] for i in range(sessions)]
-    out = {"profile": profile.name, "variants": {}}
+    targets = [by_index[i] for i in chosen]
+    out = {"profile": profile.name, "first": first, "variants": {}}
     for strategy, feedback in variants:
         engine.profile = replace(base, questions=replace(base.questions, strategy=strategy))
         engine.questioner.strategy = strategy

@@ -141,7 +141,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown variant {name!r}: information, random, or either "
                              "+feedback")
         variants.append((strategy, extra == "feedback"))
-    result = simulate.run(_profile(args), args.sessions, args.gallery, variants, args.rounds)
+    result = simulate.run(_profile(args), args.sessions, args.gallery, variants, args.rounds,
+                          first=args.first)
     table = {"methods": result["variants"]}
     print(chatir.markdown_table(table))
     if args.json:
@@ -702,7 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="simulated users: questioner, feedback and fusion end to end"))
     si.add_argument("--sessions", type=positive_int, default=1000)
     si.add_argument("--gallery", type=positive_int, default=10000,
-                    help="world test scenes in the gallery (targets: the first --sessions)")
+                    help="world test scenes in the gallery (targets: --sessions of them)")
+    si.add_argument("--first", type=int, default=0,
+                    help="the first target's index among the test scenes")
     si.add_argument("--rounds", type=positive_int, default=10)
     si.add_argument("--variants", default="random,information,information+feedback")
     si.add_argument("--json", default=None, metavar="OUT")

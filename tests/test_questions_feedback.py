@@ -113,6 +113,35 @@ def test_feedback_moves_the_query_and_rejected_images_never_come_back(engine):
         engine.session().click(top, "maybe")
 
 
+def test_feedback_weighs_a_mark_by_its_age_when_it_decays(engine):
+    a, b = engine.index.paths[:2]
+    va, vb = engine.index.vectors_of([0, 1])
+
+    def query(liked):
+        return engine.search("a small green square", liked=liked).query_vector[0]
+
+    def lean(q):  # how much nearer a than b the query is
+        return float(q @ va - q @ vb)
+
+    assert lean(query({a: 1.0, b: 0.25})) > lean(query([a, b])) > lean(query({a: 0.25, b: 1.0}))
+    assert np.allclose(query([a, b]), query({a: 0.5, b: 0.5}))  # only the ratio matters
+    # In a session, a mark made one round ago weighs `decay` of a mark made now.
+    profile = engine.profile
+    engine.profile = replace(profile, feedback=replace(profile.feedback, decay=0.5))
+    try:
+        session = engine.session()
+        session.send("a small green square")
+        session.click(a, "more")  # round 0
+        session.send("it is over red")
+        result = session.click(b, "more")  # round 1
+        expected = engine.search(session.query, 1, liked={a: 0.5, b: 1.0}).query_vector
+        assert np.allclose(result.query_vector, expected, atol=1e-6)
+    finally:
+        engine.profile = profile
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\]"):
+        replace(profile, feedback=replace(profile.feedback, decay=0.0))
+
+
 def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, tmp_path):
     import json
 

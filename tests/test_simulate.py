@@ -2,6 +2,7 @@
 and drive the same session the UI drives."""
 
 import numpy as np
+import pytest
 
 from engine.profile import load_profile
 from evaluation import simulate
@@ -24,17 +25,27 @@ def test_the_simulated_user_answers_from_the_ground_truth():
 def test_simulated_sessions_run_end_to_end_and_report_the_chatir_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
     profile = load_profile("world", ["fusion=text"])
-    out = simulate.run(profile, sessions=6, gallery_size=40,
+    out = simulate.run(profile, sessions=6, gallery_size=40, first=34,  # the last 6 scenes
                        variants=[("information", False), ("random", True)], rounds=3)
-    assert set(out["variants"]) == {"information", "random + feedback"}
+    assert set(out["variants"]) == {"information", "random + feedback"} and out["first"] == 34
     for result in out["variants"].values():
         assert result["sessions"] == 6 and result["gallery"] == 40
         for k in (1, 5, 10):
             hits = np.array(result[f"hits@{k}"])
             assert hits.shape == (4,) and (np.diff(hits) >= 0).all()  # cumulative
             assert 0 <= hits.min() and hits.max() <= 100
-    # A session ends as found once its target is among the 10 shown: Hits@10 exactly (with
-    # feedback, rejected images are hidden, so a target ranked 11th may be on screen).
-    plain, clicked = out["variants"]["information"], out["variants"]["random + feedback"]
-    assert plain["found_by_round"] == plain["hits@10"]
-    assert (np.array(clicked["found_by_round"]) >= np.array(clicked["hits@10"])).all()
+    # A session ends as found once its target is among the 10 shown: Hits@10 exactly, with
+    # feedback too (the images it rejected are hidden, so they do not count in the rank).
+    for result in out["variants"].values():
+        assert result["found_by_round"] == result["hits@10"]
+        assert len(result["found_at"]) == 6
+    with pytest.raises(ValueError, match="cannot exceed --gallery"):
+        simulate.run(profile, sessions=6, gallery_size=40, first=35, variants=[])
+
+
+def test_the_rank_does_not_count_images_the_session_hides():
+    gallery = np.eye(4, dtype=np.float32)
+    result = type("Result", (), {"query_vector": np.array([[0.9, 0.8, 0.7, 0.1]], np.float32)})
+    assert simulate.full_rank(gallery, result, target_id=2) == 2
+    assert simulate.full_rank(gallery, result, target_id=2, hidden=[0]) == 1
+    assert simulate.full_rank(gallery, result, target_id=2, hidden=[3]) == 2  # below it
