@@ -100,7 +100,8 @@ def difference_lines(result: dict, reference: str = "text", k: int = 10) -> str:
 
 
 def plot(result: dict, out: str | Path, title: str = "") -> Path:
-    """Hits@10 and Hits@1 against round, one line per method."""
+    """Hits@10 and Hits@1 against round, one line per method (and, with `--k` comparing
+    numbers of pseudo-images, dashed lines for each method that draws, per other K)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,10 +109,15 @@ def plot(result: dict, out: str | Path, title: str = "") -> Path:
 
     from training.plots import save_figure
 
+    lines = [(name, m, "-") for name, m in result["methods"].items()]
+    for k, rows in result.get("by_k", {}).items():
+        if int(k) != result.get("k", 1):  # the main table's K is drawn solid already
+            lines += [(f"{name} K={k}", m, "--") for name, m in rows.items() if name != "text"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, k in zip(axes, (10, 1)):
-        for name, m in result["methods"].items():
-            ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], marker="o", ms=3, label=name)
+        for name, m, style in lines:
+            ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], style, marker="o", ms=3,
+                    label=name)
         ax.set(xlabel="round", ylabel=f"cumulative Hits@{k} (%)", title=f"Hits@{k}")
         ax.grid(alpha=0.3)
     axes[0].legend()

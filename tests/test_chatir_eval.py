@@ -208,3 +208,18 @@ def test_train_fusion_end_to_end_writes_a_checkpoint_the_app_loads(tmp_path, mon
     assert main([*args, "--hinge-over", "batch", "--out", str(tmp_path / "batch")]) == 0
     card = (tmp_path / "batch" / "README.md").read_text()
     assert "text hinge over the batch" in card and "--hinge-over batch" in card
+
+
+def test_the_plot_adds_a_dashed_line_per_other_number_of_pseudo_images(tmp_path, monkeypatch):
+    import training.plots
+    from evaluation.chatir import plot
+
+    figures = []
+    monkeypatch.setattr(training.plots, "save_figure", lambda fig, out: figures.append(fig))
+    curve = {f"hits@{k}": [float(r) for r in range(11)] for k in (1, 5, 10)}
+    rows = {"text": curve, "dar": curve}
+    plot({"dialogs": 2, "corpus": 5, "k": 1, "methods": rows,
+          "by_k": {"1": rows, "4": rows}}, tmp_path / "p.png")
+    lines = figures[0].axes[0].lines
+    assert [line.get_label() for line in lines] == ["text", "dar", "dar K=4"]
+    assert lines[-1].get_linestyle() == "--"
