@@ -166,6 +166,9 @@ class Engine:
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
+        for marks in (liked, rejected):
+            if isinstance(marks, Mapping) and not all(w >= 0 for w in marks.values()):
+                raise ValueError("a mark's weight must be 0 or more (a number)")
         with self.load.turn():
             return self._search(query, round_, k, liked, rejected, fusion, display)
 
@@ -366,10 +369,18 @@ class Engine:
         weights = marks if isinstance(marks, Mapping) else dict.fromkeys(marks, 1.0)
         ids = self._index_ids()
         known = [p for p in weights if p in ids]
-        if not known:
+        w = np.array([weights[p] for p in known], np.float64)
+        if not w.sum() > 0:  # none indexed, or all weightless: no pull at all
             return None
-        w = np.array([weights[p] for p in known], np.float32)
-        return w @ self.index.vectors_of([ids[p] for p in known]) / w.sum()
+        return (w @ self.index.vectors_of([ids[p] for p in known]) / w.sum()).astype(np.float32)
+
+    def _marks(self, state: DialogState, kind: str) -> dict[str, float]:
+        """Paths marked `kind`, a mark made `a` rounds before the newest of its kind weighed
+        decay**a. Each kind's mean is normalised, so this sets how marks of one kind weigh
+        against each other (older results were vaguer); a lone mark keeps its whole pull."""
+        rounds = state.marked_rounds(kind)
+        newest = max(rounds.values(), default=0)
+        return {p: self.profile.feedback.decay ** (newest - r) for p, r in rounds.items()}
 
     def ask(self, state: DialogState, hits: list[Hit]) -> Asked | None:
         """The next clarifying question for what is on screen (None: nothing left to ask)."""
@@ -390,10 +401,8 @@ class Engine:
                            self.reformulate)
         query = self.reformulate(fitted.texts)
         reformulate_ms = (time.perf_counter() - start) * 1e3
-        decay = self.profile.feedback.decay  # a mark weighs less as the dialog moves on
-        liked, rejected = ({p: decay ** (state.round - r) for p, r in
-                            state.marked_rounds(kind).items()} for kind in ("more", "less"))
-        result = self.search(query, state.round, k, liked, rejected, fusion, display)
+        result = self.search(query, state.round, k, self._marks(state, "more"),
+                             self._marks(state, "less"), fusion, display)
         result.timings_ms = {"reformulate": reformulate_ms, **result.timings_ms}
         if fitted.dropped or fitted.shortened:
             left_out = (f"round{'s' if len(fitted.dropped) > 1 else ''} "

@@ -45,10 +45,10 @@ class QuestionSpec:
 
 @dataclass(frozen=True)
 class FeedbackSpec:
-    # Rocchio: q' = alpha*q + beta*mean(liked) - gamma*mean(rejected), renormalised; the
-    # means weigh a mark made `a` rounds ago by decay**a (1: every mark alike). Older marks
-    # were made on vaguer results: simulated users find targets sooner when the newest
-    # marks lead (decay 0.3 against 1: docs/BENCHMARKS.md, "The interactive loop").
+    # Rocchio: q' = alpha*q + beta*mean(liked) - gamma*mean(rejected), renormalised; each
+    # mean weighs a mark made `a` rounds before the newest of its kind by decay**a (1: every
+    # mark alike). Older marks were made on vaguer results: simulated users find targets
+    # sooner when the newest lead (docs/BENCHMARKS.md, "The interactive loop").
     alpha: float = 1.0
     beta: float = 0.6
     gamma: float = 0.3

@@ -308,8 +308,10 @@ def bench_turns(engine, dialogs: int = 30, rounds: int = 4) -> dict:
             for stage, ms in result.timings_ms.items():
                 stages.setdefault(stage, []).append(ms / 1e3)
     gen = engine.generator
+    spec = engine.profile.generator  # samples per turn; on a CPU the budget may cut steps
     drawing = None if gen is None else {"steps": gen.steps, "guidance": gen.guidance,
-                                        "runtime": gen.runtime}
+                                        "runtime": gen.runtime, "samples": spec.samples,
+                                        "cpu_step_budget": spec.cpu_step_budget}
     return {"profile": engine.profile.name, "fusion": engine.fusion.name,
             "generator": drawing, "gallery": len(engine.index), "turns": dialogs * rounds,
             **{stage: percentiles_ms(v) for stage, v in stages.items()}}

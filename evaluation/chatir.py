@@ -100,8 +100,9 @@ def difference_lines(result: dict, reference: str = "text", k: int = 10) -> str:
 
 
 def plot(result: dict, out: str | Path, title: str = "") -> Path:
-    """Hits@10 and Hits@1 against round, one line per method (and, with `--k` comparing
-    numbers of pseudo-images, dashed lines for each method that draws, per other K)."""
+    """Hits@10 and Hits@1 against round, one line per method; a result that compares numbers
+    of pseudo-images (`by_k`) adds, for each method that draws, a line per other K in the
+    method's colour, dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,15 +110,22 @@ def plot(result: dict, out: str | Path, title: str = "") -> Path:
 
     from training.plots import save_figure
 
-    lines = [(name, m, "-") for name, m in result["methods"].items()]
-    for k, rows in result.get("by_k", {}).items():
-        if int(k) != result.get("k", 1):  # the main table's K is drawn solid already
-            lines += [(f"{name} K={k}", m, "--") for name, m in rows.items() if name != "text"]
+    by_k = result.get("by_k", {})
+    main_k = result.get("k", 1)
+    colours = {name: f"C{i}" for i, name in enumerate(result["methods"])}
+    lines = [(f"{name} K={main_k}" if by_k and needs_image(name) else name, m, colours[name],
+              "-") for name, m in result["methods"].items()]
+    dashes = iter(["--", ":", "-.", (0, (5, 1, 1, 1))])
+    for k, rows in by_k.items():
+        if int(k) != main_k:  # the main table's K is drawn solid already
+            style = next(dashes, "--")
+            lines += [(f"{name} K={k}", m, colours.get(name, "k"), style)
+                      for name, m in rows.items() if needs_image(name)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, k in zip(axes, (10, 1)):
-        for name, m, style in lines:
-            ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], style, marker="o", ms=3,
-                    label=name)
+        for name, m, colour, style in lines:
+            ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], linestyle=style, color=colour,
+                    marker="o", ms=3, label=name)
         ax.set(xlabel="round", ylabel=f"cumulative Hits@{k} (%)", title=f"Hits@{k}")
         ax.grid(alpha=0.3)
     axes[0].legend()

@@ -4,13 +4,15 @@ A scripted user has a world test scene in mind. It opens with a partial caption,
 round answers the system's own question from the ground truth (typing the true answer when
 it is not among the buttons). With feedback on, it also marks the shown result most like its
 target (by the encoder's image embeddings, as a person would judge by eye) "more like this"
-and the least like it "not this". It says "this is it" as soon as the target is on screen.
+and the least like it "not this". It says "this is it" as soon as the target is on screen,
+after a message or a click.
 It drives `SearchSession`, the same object the UI drives; only the clicks are scripted.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -37,7 +39,7 @@ def true_answer(question_id: str, scene: Scene) -> str | None:
             }.get(question_id)
 
 
-def full_rank(gallery: np.ndarray, result, target_id: int, hidden: list[int] = ()) -> int:
+def full_rank(gallery: np.ndarray, result, target_id: int, hidden: Sequence[int] = ()) -> int:
     """The target's 0-based rank in the whole `gallery` [M, D] under the turn's query, not
     counting the `hidden` images: those marked "not this", which the session never shows
     again, so they do not stand between the target and the screen."""
@@ -45,6 +47,51 @@ def full_rank(gallery: np.ndarray, result, target_id: int, hidden: list[int] = (
     above = scores > scores[target_id]
     above[list(hidden)] = False
     return int(above.sum())
+
+
+def one_session(engine, scene: Scene, target: str, ids: dict[str, int], vectors: np.ndarray,
+                feedback: bool, rounds: int, rng: random.Random) -> tuple[np.ndarray, int | None]:
+    """One simulated user looking for `target`: the target's rank at each round (the best of
+    what that round's turn and clicks put on screen) and the round it was found at (None)."""
+    target_id = ids[target]
+    ranks = np.full(rounds + 1, len(vectors), np.int64)
+    session = engine.session()
+
+    def look(r: int, result) -> bool:
+        """Whatever a turn or click put on screen: the target's rank under it, and "this is
+        it" when the target is shown."""
+        hidden = [ids[p] for p in session.state.marked("less")]
+        ranks[r] = min(ranks[r], full_rank(vectors, result, target_id, hidden))
+        if target not in [h.path for h in result.hits]:
+            return False
+        session.click(target, "found")
+        return True
+
+    result = session.send(partial_caption(scene, rng)[0])
+    found = None
+    for r in range(rounds + 1):
+        if look(r, result):
+            found = r
+        elif r < rounds and feedback and len(result.hits) > 1:
+            shown = [h.path for h in result.hits]
+            sims = vectors[[ids[p] for p in shown]] @ vectors[target_id]
+            if look(r, session.click(shown[int(np.argmin(sims))], "less")):
+                found = r
+            else:
+                result = session.click(shown[int(np.argmax(sims))], "more")
+                found = r if look(r, result) else None
+        if found is not None:  # the person has left; later rounds keep its best rank
+            ranks[r + 1:] = ranks[r]
+            break
+        if r == rounds:
+            break
+        answer = true_answer(result.question_id or "", scene)
+        if answer is None:  # nothing left to ask: the user describes one more object
+            answer = object_phrase(scene.objects[r % len(scene.objects)], ALL)
+        result = session.send(answer, answer=result.question is not None)
+    if session.state.outcome is None:
+        session.abandon()
+    return ranks, found
 
 
 def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: bool = False,
@@ -58,33 +105,8 @@ def simulate(engine, scenes: list[Scene], target_paths: list[str], feedback: boo
     found_at: list[int | None] = []
     for n, (scene, target) in enumerate(tqdm(list(zip(scenes, target_paths)), desc=desc,
                                              unit="session")):
-        target_id = ids[target]
-        session = engine.session()
-        result = session.send(partial_caption(scene, rng)[0])
-        found = None
-        for r in range(rounds + 1):
-            hidden = [ids[p] for p in session.state.marked("less")]
-            ranks[n, r] = full_rank(vectors, result, target_id, hidden)
-            shown = [h.path for h in result.hits]
-            if found is None and target in shown:
-                session.click(target, "found")
-                found = r
-            if r == rounds:
-                break
-            if found is None and feedback and len(shown) > 1:
-                sims = vectors[[ids[p] for p in shown]] @ vectors[target_id]
-                session.click(shown[int(np.argmin(sims))], "less")
-                result = session.click(shown[int(np.argmax(sims))], "more")
-            answer = true_answer(result.question_id or "", scene)
-            if found is not None:  # the person has left; later rounds keep its best rank
-                ranks[n, r + 1:] = ranks[n, r]
-                break
-            if answer is None:  # nothing left to ask: the user describes one more object
-                answer = object_phrase(scene.objects[r % len(scene.objects)], ALL)
-            result = session.send(answer, answer=result.question is not None)
+        ranks[n], found = one_session(engine, scene, target, ids, vectors, feedback, rounds, rng)
         found_at.append(found)
-        if session.state.outcome is None:
-            session.abandon()
     return {"sessions": len(scenes), "rounds": rounds, "feedback": feedback,
             "questioner": engine.profile.questions.strategy, "fusion": engine.fusion.name,
             "gallery": len(engine.index),

@@ -704,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--sessions", type=positive_int, default=1000)
     si.add_argument("--gallery", type=positive_int, default=10000,
                     help="world test scenes in the gallery (targets: --sessions of them)")
-    si.add_argument("--first", type=int, default=0,
+    si.add_argument("--first", type=non_negative_int, default=0,
                     help="the first target's index among the test scenes")
     si.add_argument("--rounds", type=positive_int, default=10)
     si.add_argument("--variants", default="random,information,information+feedback")

@@ -220,6 +220,7 @@ def test_the_plot_adds_a_dashed_line_per_other_number_of_pseudo_images(tmp_path,
     rows = {"text": curve, "dar": curve}
     plot({"dialogs": 2, "corpus": 5, "k": 1, "methods": rows,
           "by_k": {"1": rows, "4": rows}}, tmp_path / "p.png")
-    lines = figures[0].axes[0].lines
-    assert [line.get_label() for line in lines] == ["text", "dar", "dar K=4"]
-    assert lines[-1].get_linestyle() == "--"
+    text, dar, dar4 = figures[0].axes[0].lines
+    assert [line.get_label() for line in (text, dar, dar4)] == ["text", "dar K=1", "dar K=4"]
+    assert dar4.get_color() == dar.get_color() != text.get_color()  # a method keeps its colour
+    assert (dar.get_linestyle(), dar4.get_linestyle()) == ("-", "--")

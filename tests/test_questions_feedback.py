@@ -140,6 +140,12 @@ def test_feedback_weighs_a_mark_by_its_age_when_it_decays(engine):
         engine.profile = profile
     with pytest.raises(ValueError, match=r"decay must be in \(0, 1\]"):
         replace(profile, feedback=replace(profile.feedback, decay=0.0))
+    # Marks that weigh nothing, or name no indexed image, pull nowhere; a negative weight is
+    # refused rather than turned into a push.
+    plain = query(())
+    assert np.allclose(query({a: 0.0}), plain) and np.allclose(query({"gone.png": 1.0}), plain)
+    with pytest.raises(ValueError, match="0 or more"):
+        query({a: -1.0})
 
 
 def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, tmp_path):

@@ -1,6 +1,8 @@
 """Simulated users (`itir simulate`): they answer the system's questions from the ground truth
 and drive the same session the UI drives."""
 
+import random
+
 import numpy as np
 import pytest
 
@@ -25,9 +27,18 @@ def test_the_simulated_user_answers_from_the_ground_truth():
 def test_simulated_sessions_run_end_to_end_and_report_the_chatir_summary(tmp_path, monkeypatch):
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
     profile = load_profile("world", ["fusion=text"])
+    targets = []
+    one_session = simulate.one_session
+
+    def recorded(engine, scene, target, *args):
+        targets.append(int(target.rsplit("-", 1)[1].split(".")[0]))
+        return one_session(engine, scene, target, *args)
+
+    monkeypatch.setattr(simulate, "one_session", recorded)
     out = simulate.run(profile, sessions=6, gallery_size=40, first=34,  # the last 6 scenes
                        variants=[("information", False), ("random", True)], rounds=3)
     assert set(out["variants"]) == {"information", "random + feedback"} and out["first"] == 34
+    assert targets == [*range(34, 40)] * 2
     for result in out["variants"].values():
         assert result["sessions"] == 6 and result["gallery"] == 40
         for k in (1, 5, 10):
@@ -49,3 +60,30 @@ def test_the_rank_does_not_count_images_the_session_hides():
     assert simulate.full_rank(gallery, result, target_id=2) == 2
     assert simulate.full_rank(gallery, result, target_id=2, hidden=[0]) == 1
     assert simulate.full_rank(gallery, result, target_id=2, hidden=[3]) == 2  # below it
+
+
+def test_a_feedback_session_is_ranked_past_the_images_it_hid(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from engine.factory import build_engine
+    from engine.profile import GallerySpec
+    from world.scene import sample_scene, split_seed
+
+    monkeypatch.setenv("ITIR_HOME", str(tmp_path))
+    profile = load_profile("world", ["fusion=text"])
+    # Three shown of 40: targets are rarely on screen at once, so the user clicks.
+    engine = build_engine(replace(profile, gallery=GallerySpec(world_scenes=40), index=None,
+                                  top_k=3, show_pseudo_image=False,
+                                  recording=replace(profile.recording, enabled=False)))
+    ids = {p: i for i, p in enumerate(engine.index.paths)}
+    hidden_seen = []  # what each rank was told to skip
+    full_rank = simulate.full_rank
+    monkeypatch.setattr(simulate, "full_rank", lambda g, r, t, hidden=(): (
+        hidden_seen.append(sorted(hidden)), full_rank(g, r, t, hidden))[1])
+    vectors, rng = engine.index.vectors(), random.Random(0)
+    for i in range(6):
+        target = next(p for p in ids if p.endswith(f"-{i:06d}.png"))
+        session_ranks, _ = simulate.one_session(engine, sample_scene(split_seed("test", i)),
+                                                target, ids, vectors, True, 3, rng)
+        assert (session_ranks >= 0).all()
+    assert any(hidden_seen)  # some "not this" marks, and the ranks skipped them
