@@ -8,6 +8,7 @@ shared by every session. One turn: dialog state -> query text -> text embedding 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -167,8 +168,8 @@ class Engine:
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
         for marks in (liked, rejected):
-            if isinstance(marks, Mapping) and not all(w >= 0 for w in marks.values()):
-                raise ValueError("a mark's weight must be 0 or more (a number)")
+            if isinstance(marks, Mapping) and not all(0 <= w < math.inf for w in marks.values()):
+                raise ValueError("a mark's weight must be a finite number, 0 or more")
         with self.load.turn():
             return self._search(query, round_, k, liked, rejected, fusion, display)
 

@@ -67,18 +67,26 @@ def one_session(engine, scene: Scene, target: str, ids: dict[str, int], vectors:
         session.click(target, "found")
         return True
 
+    def pick(result, which) -> str:
+        """The shown picture most (np.argmax) or least (np.argmin) like the target, by the
+        encoder's image embeddings, as a person would judge by eye."""
+        shown = [h.path for h in result.hits]
+        return shown[int(which(vectors[[ids[p] for p in shown]] @ vectors[target_id]))]
+
     result = session.send(partial_caption(scene, rng)[0])
     found = None
     for r in range(rounds + 1):
         if look(r, result):
             found = r
         elif r < rounds and feedback and len(result.hits) > 1:
-            shown = [h.path for h in result.hits]
-            sims = vectors[[ids[p] for p in shown]] @ vectors[target_id]
-            if look(r, session.click(shown[int(np.argmin(sims))], "less")):
+            # Each click picks from the screen in front of the user: "not this" searches again,
+            # so the picture most like the target is chosen from what that search shows.
+            unlike = pick(result, np.argmin)
+            result = session.click(unlike, "less")
+            if look(r, result):
                 found = r
             else:
-                result = session.click(shown[int(np.argmax(sims))], "more")
+                result = session.click(pick(result, np.argmax), "more")
                 found = r if look(r, result) else None
         if found is not None:  # the person has left; later rounds keep its best rank
             ranks[r + 1:] = ranks[r]

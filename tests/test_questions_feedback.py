@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from dialog import Click, DialogState, Turn
 from engine.factory import build_engine
 from engine.profile import GallerySpec, load_profile
 from engine.questioner import Question, Questioner, load_bank
@@ -144,8 +145,16 @@ def test_feedback_weighs_a_mark_by_its_age_when_it_decays(engine):
     # refused rather than turned into a push.
     plain = query(())
     assert np.allclose(query({a: 0.0}), plain) and np.allclose(query({"gone.png": 1.0}), plain)
-    with pytest.raises(ValueError, match="0 or more"):
-        query({a: -1.0})
+    for weight in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number, 0 or more"):
+            query({a: weight})
+    # Ages count from the newest mark of a kind: marks a thousand rounds apart give the
+    # newest one's pull, not 0/0.
+    state = DialogState(turns=[Turn("a small green square"), Turn("over red")],
+                        clicks=[Click(a, "more", 0), Click(b, "more", 1000)])
+    far = engine.turn(state).query_vector
+    assert np.isfinite(far).all()
+    assert np.allclose(far, engine.search(state.query(), 1, liked=[b]).query_vector, atol=1e-6)
 
 
 def test_every_event_is_recorded_before_the_reply_and_survives_a_crash(engine, tmp_path):

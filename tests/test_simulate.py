@@ -62,11 +62,13 @@ def test_the_rank_does_not_count_images_the_session_hides():
     assert simulate.full_rank(gallery, result, target_id=2, hidden=[3]) == 2  # below it
 
 
-def test_a_feedback_session_is_ranked_past_the_images_it_hid(tmp_path, monkeypatch):
+def test_a_feedback_user_clicks_what_is_on_screen_and_is_ranked_past_what_it_hid(
+        tmp_path, monkeypatch):
     from dataclasses import replace
 
     from engine.factory import build_engine
     from engine.profile import GallerySpec
+    from engine.session import SearchSession
     from world.scene import sample_scene, split_seed
 
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
@@ -76,14 +78,38 @@ def test_a_feedback_session_is_ranked_past_the_images_it_hid(tmp_path, monkeypat
                                   top_k=3, show_pseudo_image=False,
                                   recording=replace(profile.recording, enabled=False)))
     ids = {p: i for i, p in enumerate(engine.index.paths)}
-    hidden_seen = []  # what each rank was told to skip
-    full_rank = simulate.full_rank
-    monkeypatch.setattr(simulate, "full_rank", lambda g, r, t, hidden=(): (
-        hidden_seen.append(sorted(hidden)), full_rank(g, r, t, hidden))[1])
+    screen, clicks, ranked = [], [], []  # what was shown last; each click; each rank's skip
+    send, click, full_rank = SearchSession.send, SearchSession.click, simulate.full_rank
+
+    def sent(session, *args, **kwargs):
+        result = send(session, *args, **kwargs)
+        screen[:] = [h.path for h in result.hits]
+        return result
+
+    def clicked(session, path, kind):
+        clicks.append((kind, path in screen))  # was it on screen when clicked?
+        if kind == "less":
+            rejected.add(path)
+        result = click(session, path, kind)
+        if result is not None:
+            screen[:] = [h.path for h in result.hits]
+        return result
+
+    def rank(gallery, result, target_id, hidden=()):
+        ranked.append((sorted(hidden), sorted(ids[p] for p in rejected)))
+        return full_rank(gallery, result, target_id, hidden)
+
+    rejected = set()
+    monkeypatch.setattr(SearchSession, "send", sent)
+    monkeypatch.setattr(SearchSession, "click", clicked)
+    monkeypatch.setattr(simulate, "full_rank", rank)
     vectors, rng = engine.index.vectors(), random.Random(0)
     for i in range(6):
         target = next(p for p in ids if p.endswith(f"-{i:06d}.png"))
-        session_ranks, _ = simulate.one_session(engine, sample_scene(split_seed("test", i)),
-                                                target, ids, vectors, True, 3, rng)
-        assert (session_ranks >= 0).all()
-    assert any(hidden_seen)  # some "not this" marks, and the ranks skipped them
+        rejected.clear()  # a new session hides nothing yet
+        simulate.one_session(engine, sample_scene(split_seed("test", i)), target, ids, vectors,
+                             True, 3, rng)
+    assert clicks and all(on_screen for _, on_screen in clicks)  # never a picture gone by
+    assert {"less", "more"} <= {kind for kind, _ in clicks}
+    assert any(hidden for hidden, _ in ranked)  # some "not this" marks ...
+    assert all(hidden == marked for hidden, marked in ranked)  # ... and exactly those skipped
