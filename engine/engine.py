@@ -34,6 +34,14 @@ from retrieval.index import IndexMismatchError, VectorIndex
 # Gallery paths marked by a click, alike or each with its weight (Rocchio's mean).
 Marks = Sequence[str] | Mapping[str, float]
 
+
+def _weighed(marks: Marks) -> dict[str, float]:
+    """Marks as path -> weight (plain paths weigh 1); a weight must be finite, 0 or more."""
+    weights = dict(marks) if isinstance(marks, Mapping) else dict.fromkeys(marks, 1.0)
+    if not all(0 <= w < math.inf for w in weights.values()):
+        raise ValueError("a mark's weight must be a finite number, 0 or more")
+    return weights
+
 # What `Engine.warm_up` searches: eight different made-up turns (a batch of distinct texts).
 WARM_UP_QUERIES = (
     "a red circle over blue, how many objects are there? one",
@@ -167,14 +175,12 @@ class Engine:
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
-        for marks in (liked, rejected):
-            if isinstance(marks, Mapping) and not all(0 <= w < math.inf for w in marks.values()):
-                raise ValueError("a mark's weight must be a finite number, 0 or more")
+        liked, rejected = _weighed(liked), _weighed(rejected)
         with self.load.turn():
             return self._search(query, round_, k, liked, rejected, fusion, display)
 
-    def _search(self, query: str, round_: int, k: int, liked: Marks, rejected: Marks,
-                fusion: Fusion | None, display: bool) -> TurnResult:
+    def _search(self, query: str, round_: int, k: int, liked: dict[str, float],
+                rejected: dict[str, float], fusion: Fusion | None, display: bool) -> TurnResult:
         timings: dict[str, float] = {}
         start = tick = time.perf_counter()
 
@@ -353,7 +359,8 @@ class Engine:
             self._ids = {p: i for i, p in enumerate(self.index.paths)}
         return self._ids
 
-    def _feedback(self, query: np.ndarray, liked: Marks, rejected: Marks) -> np.ndarray:
+    def _feedback(self, query: np.ndarray, liked: dict[str, float],
+                  rejected: dict[str, float]) -> np.ndarray:
         """Rocchio relevance feedback in the embedding space."""
         if not liked and not rejected:
             return query
@@ -365,9 +372,8 @@ class Engine:
                 q = q + weight * mean
         return (q / max(np.linalg.norm(q), 1e-12))[None].astype(np.float32)
 
-    def _mean_of(self, marks: Marks) -> np.ndarray | None:
+    def _mean_of(self, weights: dict[str, float]) -> np.ndarray | None:
         """The weighted mean embedding of marked gallery paths; None if none is indexed."""
-        weights = marks if isinstance(marks, Mapping) else dict.fromkeys(marks, 1.0)
         ids = self._index_ids()
         known = [p for p in weights if p in ids]
         w = np.array([weights[p] for p in known], np.float64)

@@ -62,7 +62,7 @@ def one_session(engine, scene: Scene, target: str, ids: dict[str, int], vectors:
         it" when the target is shown."""
         hidden = [ids[p] for p in session.state.marked("less")]
         ranks[r] = min(ranks[r], full_rank(vectors, result, target_id, hidden))
-        if target not in [h.path for h in result.hits]:
+        if all(h.path != target for h in result.hits):
             return False
         session.click(target, "found")
         return True
@@ -70,25 +70,23 @@ def one_session(engine, scene: Scene, target: str, ids: dict[str, int], vectors:
     def pick(result, which) -> str:
         """The shown picture most (np.argmax) or least (np.argmin) like the target, by the
         encoder's image embeddings, as a person would judge by eye."""
-        shown = [h.path for h in result.hits]
-        return shown[int(which(vectors[[ids[p] for p in shown]] @ vectors[target_id]))]
+        likeness = vectors[[h.id for h in result.hits]] @ vectors[target_id]
+        return result.hits[int(which(likeness))].path
 
     result = session.send(partial_caption(scene, rng)[0])
     found = None
     for r in range(rounds + 1):
-        if look(r, result):
-            found = r
-        elif r < rounds and feedback and len(result.hits) > 1:
+        seen = look(r, result)
+        if not seen and r < rounds and feedback and len(result.hits) > 1:
             # Each click picks from the screen in front of the user: "not this" searches again,
             # so the picture most like the target is chosen from what that search shows.
-            unlike = pick(result, np.argmin)
-            result = session.click(unlike, "less")
-            if look(r, result):
-                found = r
-            else:
+            result = session.click(pick(result, np.argmin), "less")
+            seen = look(r, result)
+            if not seen:
                 result = session.click(pick(result, np.argmax), "more")
-                found = r if look(r, result) else None
-        if found is not None:  # the person has left; later rounds keep its best rank
+                seen = look(r, result)
+        if seen:  # the person has left; later rounds keep its best rank
+            found = r
             ranks[r + 1:] = ranks[r]
             break
         if r == rounds:
