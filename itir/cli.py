@@ -35,7 +35,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     torch_threads(args.threads)
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
                         resume=args.resume, init=args.init, part=args.part, lr=args.lr,
-                        text_layers=args.text_layers)
+                        text_layers=args.text_layers, negatives=args.negatives)
     print("val (full caption, text->image):", metrics)
     return 0
 
@@ -610,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-layers", type=non_negative_int, default=0, metavar="K",
                    help="the text head trains its own copy of the text tower's top K layers "
                         "(started from the tower's weights; a head that has them keeps them)")
+    t.add_argument("--negatives", choices=("batch", "corpus"), default="batch",
+                   help="with --init and --part text: rank each text against the batch's "
+                        "images or against every training image (retrieval/train_encoder.py)")
     t.add_argument("--threads", type=positive_int, default=2)
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")

@@ -41,6 +41,9 @@ class EncoderTrainConfig(TrainConfig):
     batch_size: int = 128  # scenes per step, one text each
     low_res_fraction: float = 0.25
     tower_lr_scale: float = 0.2  # the copied tower layers' learning rate, as a multiple of lr
+    # Text-side fine-tunes only: "corpus" ranks each text against every training image, not
+    # the batch's (finetune_text_head).
+    negatives: str = "batch"
 
 
 def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -81,7 +84,7 @@ def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig, *,
 
     def sample(gen: torch.Generator) -> dict[str, torch.Tensor]:
         scenes, text_ids = pick(gen)
-        batch = {}
+        batch = {"scenes": scenes}
         if image_embeddings is None:
             batch["images"] = shrink(corpus.images[scenes], cfg.low_res_fraction, gen)
         else:
@@ -104,6 +107,19 @@ def contrastive_loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) ->
     txt = (batch["text_embeddings"] if "text_embeddings" in batch
            else model.encode_text(batch["states"], batch["mask"]))
     return symmetric_infonce(model.logit_scale.exp().clamp(max=100) * img @ txt.T)
+
+
+def corpus_text_loss(image_embeddings: torch.Tensor
+                     ) -> Callable[[WorldDualEncoder, dict[str, torch.Tensor]], torch.Tensor]:
+    """Text->image InfoNCE against every corpus image (`image_embeddings`, frozen), not only
+    the batch's. Search ranks a query among the whole gallery, where scenes that differ in
+    one attribute sit side by side; a random batch of 128 of 20,000 scenes rarely holds such
+    a twin, so in-batch negatives stop teaching once the easy ones are apart."""
+    def loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        txt = model.encode_text(batch["states"], batch["mask"])
+        logits = model.logit_scale.exp().clamp(max=100) * txt @ image_embeddings.T
+        return F.cross_entropy(logits, batch["scenes"])
+    return loss
 
 
 @torch.no_grad()
@@ -153,13 +169,17 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
 
     New wording only needs the text side to move, and a frozen image tower keeps every
     gallery's image embeddings as they were: only the query side of search changes."""
+    if cfg.negatives not in ("batch", "corpus"):
+        raise ValueError(f"negatives must be 'batch' or 'corpus', not {cfg.negatives!r}")
     model.image.requires_grad_(False).eval()
     with torch.no_grad():
         image_embeddings = torch.cat([model.encode_image(corpus.images[i:i + 256])
                                       for i in range(0, len(corpus.images), 256)])
+    loss = (contrastive_loss if cfg.negatives == "batch"
+            else corpus_text_loss(image_embeddings))
     try:
         return train(model, encoder_batches(corpus, cfg, image_embeddings=image_embeddings),
-                     contrastive_loss, cfg, out, resume=resume, evaluate=evaluate,
+                     loss, cfg, out, resume=resume, evaluate=evaluate,
                      desc="fine-tune text head", lr_scales=_lr_scales(model, cfg))
     finally:
         model.image.requires_grad_(True)
@@ -202,7 +222,7 @@ scratch. The text head: {head}. Embeddings are {embed_dim}-d and L2-normalised.
   shrunk to 32x32 and back.
 - {origin}
 - Training: {steps} steps, batch {batch_size}, AdamW lr {lr} (weight decay {weight_decay}),
-  {warmup} warm-up steps then cosine; symmetric InfoNCE with a learnable temperature;
+  {warmup} warm-up steps then cosine; {loss_words} with a learnable temperature;
   seed {seed}; final loss {final_loss:.4f}.
 - Wall time: {minutes:.1f} min on {hardware}. Loss curve: `loss.png`; log: `train.log.jsonl`.
 - Validation ({val_scenes} val scenes, text->image): full caption {val_metrics}; free
@@ -234,7 +254,8 @@ CARD_METADATA = {"license": "mit", "library_name": "pytorch",
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
               resume: bool = False, init: str | Path | None = None, part: str = "text",
-              lr: float | None = None, text_layers: int = 0) -> dict:
+              lr: float | None = None, text_layers: int = 0, negatives: str = "batch"
+              ) -> dict:
     """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
     model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall.
 
@@ -250,6 +271,9 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
                          "from: give --init FOLDER")
     if text_layers and part != "text":
         raise ValueError("tower layers belong to the text head: train them with --part text")
+    if negatives != "batch" and (init is None or part != "text"):
+        raise ValueError("--negatives corpus ranks texts against a frozen image tower's "
+                         "embeddings: give --init FOLDER --part text")
     from retrieval.text_tower import TextTower
     from world.corpus import cached_corpus
 
@@ -268,7 +292,7 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower
-    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed,
+    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed, negatives=negatives,
                              **({"lr": lr} if lr is not None else {}))
     out = Path(out)
     def evaluate(m, step):
@@ -294,8 +318,11 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         command=(f"itir train-encoder --scenes {scenes} --steps {steps} --out {out}"
                  + (f" --init {init} --part {part}" if init else "")
                  + (f" --text-layers {text_layers}" if text_layers else "")
-                 + (f" --lr {lr}" if lr is not None else "")),
+                 + (f" --lr {lr}" if lr is not None else "")
+                 + (f" --negatives {negatives}" if negatives != "batch" else "")),
         origin=origin, head=_head_words(model_cfg, cfg),
+        loss_words=("symmetric InfoNCE over the batch" if negatives == "batch" else
+                    f"text->image InfoNCE against all {scenes:,} training images"),
         **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,
         image_params=sum(p.numel() for p in model.image.parameters()) / 1e6, out=out,
         render_version=RENDER_VERSION, val_scenes=val_scenes,

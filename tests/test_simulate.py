@@ -73,8 +73,8 @@ def test_a_feedback_user_clicks_what_is_on_screen_and_is_ranked_past_what_it_hid
 
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
     profile = load_profile("world", ["fusion=text"])
-    # Three shown of 40: targets are rarely on screen at once, so the user clicks.
-    engine = build_engine(replace(profile, gallery=GallerySpec(world_scenes=40), index=None,
+    # Three shown of 120: targets are rarely on screen at once, so the user clicks.
+    engine = build_engine(replace(profile, gallery=GallerySpec(world_scenes=120), index=None,
                                   top_k=3, show_pseudo_image=False,
                                   recording=replace(profile.recording, enabled=False)))
     ids = {p: i for i, p in enumerate(engine.index.paths)}
@@ -104,7 +104,8 @@ def test_a_feedback_user_clicks_what_is_on_screen_and_is_ranked_past_what_it_hid
     monkeypatch.setattr(SearchSession, "click", clicked)
     monkeypatch.setattr(simulate, "full_rank", rank)
     vectors, rng = engine.index.vectors(), random.Random(0)
-    for i in range(6):
+    # Twelve sessions: most find the target on their first screens, a few click both ways.
+    for i in range(12):
         target = next(p for p in ids if p.endswith(f"-{i:06d}.png"))
         rejected.clear()  # a new session hides nothing yet
         simulate.one_session(engine, sample_scene(split_seed("test", i)), target, ids, vectors,

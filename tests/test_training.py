@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from generation.train_world import (
     GeneratorTrainConfig,
@@ -17,12 +18,20 @@ from generation.world_layout import WorldLayoutParser
 from generation.world_unet import TINY, WorldUNetConfig
 from retrieval.train_encoder import (
     EncoderTrainConfig,
+    corpus_text_loss,
+    encoder_batches,
     finetune_image_tower,
     finetune_text_head,
     recall_at,
+    reproduce,
     train_encoder,
 )
-from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig, with_tower_layers
+from retrieval.world_encoder import (
+    TextHead,
+    WorldDualEncoder,
+    WorldEncoderConfig,
+    with_tower_layers,
+)
 from world.clause_corpus import build_clause_corpus
 from world.corpus import Corpus, build_corpus, cached_corpus, render_split
 from world.render import RENDER_VERSION
@@ -135,6 +144,51 @@ def test_a_text_fine_tune_trains_copied_tower_layers_at_their_own_rate(tower_lr_
     assert any(k.startswith("text.layer.") for k in moved)
     tower_moved = any(k.startswith("text.tower_top.") for k in moved)
     assert tower_moved == (tower_lr_scale > 0)
+
+
+def test_corpus_negatives_rank_each_text_against_every_training_image(tiny_corpus):
+    torch.manual_seed(0)
+    model = WorldDualEncoder(SMALL_ENCODER).eval()
+    with torch.no_grad():
+        images = model.encode_image(tiny_corpus.images)
+    scale = model.logit_scale.exp()
+
+    def losses(batch_size):
+        batch = encoder_batches(tiny_corpus, EncoderTrainConfig(batch_size=batch_size),
+                                image_embeddings=images)(torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            texts = model.encode_text(batch["states"], batch["mask"])
+            in_batch = F.cross_entropy(scale * texts @ batch["image_embeddings"].T,
+                                       torch.arange(len(texts)))
+            return corpus_text_loss(images)(model, batch), in_batch
+
+    # A batch of every scene: the batch's text->image loss is the corpus loss.
+    whole, in_batch = losses(len(tiny_corpus.images))
+    assert torch.allclose(whole, in_batch)
+    # A batch of a third: every other scene is a negative too, so the loss is higher.
+    part, in_batch = losses(8)
+    assert part > in_batch
+
+
+def test_a_text_fine_tune_against_the_whole_corpus_learns_and_keeps_the_images(tiny_corpus,
+                                                                              tmp_path):
+    # A trained image tower (random ones embed all 24 scenes nearly alike) under a new head.
+    model, _ = train_encoder(tiny_corpus, SMALL_ENCODER,
+                             EncoderTrainConfig(steps=24, batch_size=16, lr=2e-3, warmup=3))
+    torch.manual_seed(0)
+    model.text = TextHead(SMALL_ENCODER)
+    image_before = {k: v.clone() for k, v in model.image.state_dict().items()}
+    before = recall_at(model, tiny_corpus)["R@5"]
+    cfg = EncoderTrainConfig(steps=24, batch_size=8, lr=2e-3, warmup=3, negatives="corpus")
+    finetune_text_head(model, tiny_corpus, cfg)
+    after = recall_at(model, tiny_corpus)["R@5"]
+    assert after > 5 / 24 and after > before  # better than chance, and than the new head
+    for k, v in model.image.state_dict().items():
+        assert torch.equal(v, image_before[k]), k
+    with pytest.raises(ValueError, match="negatives must be"):
+        finetune_text_head(model, tiny_corpus, EncoderTrainConfig(negatives="hard"))
+    with pytest.raises(ValueError, match="--init FOLDER --part text"):  # before any corpus
+        reproduce(tmp_path / "out", 24, 1, tmp_path, negatives="corpus")
 
 
 def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
