@@ -45,6 +45,13 @@ class EncoderTrainConfig(TrainConfig):
     # the batch's (finetune_text_head).
     negatives: str = "batch"
 
+    def __post_init__(self):
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, not {self.negatives!r}")
+
+
+NEGATIVES = ("batch", "corpus")
+
 
 def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
     """Round-trip a random `fraction` of the batch through 32x32."""
@@ -115,9 +122,12 @@ def corpus_text_loss(image_embeddings: torch.Tensor
     the batch's. Search ranks a query among the whole gallery, where scenes that differ in
     one attribute sit side by side; a random batch of 128 of 20,000 scenes rarely holds such
     a twin, so in-batch negatives stop teaching once the easy ones are apart."""
+    on_device = {}  # the training loop moves the model and batches, not this closure's data
+
     def loss(model: WorldDualEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         txt = model.encode_text(batch["states"], batch["mask"])
-        logits = model.logit_scale.exp().clamp(max=100) * txt @ image_embeddings.T
+        images = on_device.setdefault(txt.device, image_embeddings.to(txt.device))
+        logits = model.logit_scale.exp().clamp(max=100) * txt @ images.T
         return F.cross_entropy(logits, batch["scenes"])
     return loss
 
@@ -142,6 +152,12 @@ def recall_at(model: WorldDualEncoder, corpus: Corpus, kind: int = 0,
     return {f"R@{k}": float((rank < k).float().mean()) for k in ks}
 
 
+def _batch_negatives_only(cfg: EncoderTrainConfig, what: str) -> None:
+    if cfg.negatives != "batch":  # the images' embeddings move while the tower trains
+        raise ValueError(f"{what} trains the image tower, so it ranks against the batch's "
+                         "images only: negatives='corpus' is for text-side fine-tunes")
+
+
 def _lr_scales(model: WorldDualEncoder, cfg: EncoderTrainConfig) -> dict[str, float]:
     return {"text.tower_top.": cfg.tower_lr_scale} if model.config.text_layers else {}
 
@@ -153,6 +169,7 @@ def train_encoder(corpus: Corpus, model_cfg: WorldEncoderConfig, cfg: EncoderTra
     """A freshly initialised encoder trained on `corpus`; with `out`, a resumable run there.
     With `tower_layers` (`TextTower.top_layers(k)`) the head owns and trains those too, and
     `corpus` must hold the states from below them."""
+    _batch_negatives_only(cfg, "training from scratch")
     torch.manual_seed(cfg.seed)
     model = WorldDualEncoder(model_cfg)
     if tower_layers is not None:
@@ -169,8 +186,6 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
 
     New wording only needs the text side to move, and a frozen image tower keeps every
     gallery's image embeddings as they were: only the query side of search changes."""
-    if cfg.negatives not in ("batch", "corpus"):
-        raise ValueError(f"negatives must be 'batch' or 'corpus', not {cfg.negatives!r}")
     model.image.requires_grad_(False).eval()
     with torch.no_grad():
         image_embeddings = torch.cat([model.encode_image(corpus.images[i:i + 256])
@@ -194,6 +209,7 @@ def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTr
     only the image side needs to move, and a frozen text side keeps every query embedding as
     it was; galleries and pseudo-images are embedded again. (The encoder's identity still
     changes, so caches keyed by it, and fusion heads trained for it, are redone.)"""
+    _batch_negatives_only(cfg, "an image-tower fine-tune")
     model.text.requires_grad_(False).eval()
     with torch.no_grad():
         text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
@@ -271,6 +287,8 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
                          "from: give --init FOLDER")
     if text_layers and part != "text":
         raise ValueError("tower layers belong to the text head: train them with --part text")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, not {negatives!r}")
     if negatives != "batch" and (init is None or part != "text"):
         raise ValueError("--negatives corpus ranks texts against a frozen image tower's "
                          "embeddings: give --init FOLDER --part text")

@@ -73,7 +73,9 @@ def test_a_feedback_user_clicks_what_is_on_screen_and_is_ranked_past_what_it_hid
 
     monkeypatch.setenv("ITIR_HOME", str(tmp_path))
     profile = load_profile("world", ["fusion=text"])
-    # Three shown of 120: targets are rarely on screen at once, so the user clicks.
+    # Three shown of 120, and twelve sessions: most find the target on their first screens,
+    # and a few have to click both ways (5 "not this" and 4 "more like this" with the
+    # encoder of 2026-12-05; six sessions of 40 scenes had stopped clicking "more").
     engine = build_engine(replace(profile, gallery=GallerySpec(world_scenes=120), index=None,
                                   top_k=3, show_pseudo_image=False,
                                   recording=replace(profile.recording, enabled=False)))
@@ -104,7 +106,6 @@ def test_a_feedback_user_clicks_what_is_on_screen_and_is_ranked_past_what_it_hid
     monkeypatch.setattr(SearchSession, "click", clicked)
     monkeypatch.setattr(simulate, "full_rank", rank)
     vectors, rng = engine.index.vectors(), random.Random(0)
-    # Twelve sessions: most find the target on their first screens, a few click both ways.
     for i in range(12):
         target = next(p for p in ids if p.endswith(f"-{i:06d}.png"))
         rejected.clear()  # a new session hides nothing yet

@@ -170,8 +170,17 @@ def test_corpus_negatives_rank_each_text_against_every_training_image(tiny_corpu
     assert part > in_batch
 
 
-def test_a_text_fine_tune_against_the_whole_corpus_learns_and_keeps_the_images(tiny_corpus,
-                                                                              tmp_path):
+def test_a_text_fine_tune_against_the_whole_corpus_learns_and_keeps_the_images(
+        tiny_corpus, tmp_path, monkeypatch):
+    import retrieval.train_encoder as train_module
+
+    losses = []  # what each step's loss was computed against: every corpus image
+
+    def spying(image_embeddings):
+        loss = corpus_text_loss(image_embeddings)
+        return lambda model, batch: losses.append(len(image_embeddings)) or loss(model, batch)
+
+    monkeypatch.setattr(train_module, "corpus_text_loss", spying)
     # A trained image tower (random ones embed all 24 scenes nearly alike) under a new head.
     model, _ = train_encoder(tiny_corpus, SMALL_ENCODER,
                              EncoderTrainConfig(steps=24, batch_size=16, lr=2e-3, warmup=3))
@@ -181,12 +190,17 @@ def test_a_text_fine_tune_against_the_whole_corpus_learns_and_keeps_the_images(t
     before = recall_at(model, tiny_corpus)["R@5"]
     cfg = EncoderTrainConfig(steps=24, batch_size=8, lr=2e-3, warmup=3, negatives="corpus")
     finetune_text_head(model, tiny_corpus, cfg)
+    assert losses == [len(tiny_corpus.images)] * cfg.steps
     after = recall_at(model, tiny_corpus)["R@5"]
     assert after > 5 / 24 and after > before  # better than chance, and than the new head
     for k, v in model.image.state_dict().items():
         assert torch.equal(v, image_before[k]), k
     with pytest.raises(ValueError, match="negatives must be"):
-        finetune_text_head(model, tiny_corpus, EncoderTrainConfig(negatives="hard"))
+        EncoderTrainConfig(negatives="hard")
+    with pytest.raises(ValueError, match="for text-side fine-tunes"):  # the images move there
+        finetune_image_tower(model, tiny_corpus, cfg)
+    with pytest.raises(ValueError, match="for text-side fine-tunes"):
+        train_encoder(tiny_corpus, SMALL_ENCODER, cfg)
     with pytest.raises(ValueError, match="--init FOLDER --part text"):  # before any corpus
         reproduce(tmp_path / "out", 24, 1, tmp_path, negatives="corpus")
 
