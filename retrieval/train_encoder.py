@@ -287,8 +287,9 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
                          "from: give --init FOLDER")
     if text_layers and part != "text":
         raise ValueError("tower layers belong to the text head: train them with --part text")
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {NEGATIVES}, not {negatives!r}")
+    # Its own checks (negatives among them) before any corpus is built.
+    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed, negatives=negatives,
+                             **({"lr": lr} if lr is not None else {}))
     if negatives != "batch" and (init is None or part != "text"):
         raise ValueError("--negatives corpus ranks texts against a frozen image tower's "
                          "embeddings: give --init FOLDER --part text")
@@ -310,8 +311,6 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower
-    cfg = EncoderTrainConfig(steps=steps, batch_size=batch_size, seed=seed, negatives=negatives,
-                             **({"lr": lr} if lr is not None else {}))
     out = Path(out)
     def evaluate(m, step):
         return {"val_full_caption": recall_at(m, val), "val_free": recall_at(m, val, kind=3)}
