@@ -104,7 +104,7 @@ class _Finished:
 class _Drawn:
     """One turn's share of a batch of pseudo-images."""
     images: list[Image.Image]
-    steps: int  # denoising steps they took
+    steps: int  # denoising steps they took; 0: none drawn, the turns searched with their text
     weights: np.ndarray | None = None  # [n, domains] how the encoder routed them, if it does
     embed_ms: float = 0.0  # the batch's embedding time
     text_ms: float = 0.0  # the batch's text queries' time, when the drawing's call read them
@@ -171,7 +171,8 @@ class Engine:
         weight); the query moves towards the first and away from the second (Rocchio), and
         rejected images are never returned. `display=False`: draw the pseudo-image only if
         the fusion needs it (a UI that shows the results first draws it afterwards with
-        `pseudo_image`)."""
+        `pseudo_image`). On a busy CPU a turn may search with its text alone and draw nothing
+        (`steps` 0, see `[generator] cpu_step_budget`)."""
         k = self._check_k(k)
         if round_ < 0:
             raise ValueError(f"the dialog round starts at 0, got {round_}")
@@ -242,8 +243,10 @@ class Engine:
             timings["fuse"] -= done.search_ms
             timings["search"] = done.search_ms
         timings["total"] = (time.perf_counter() - start) * 1e3
-        image, steps = (drawn.images[0], drawn.steps) if drawn is not None else (None, None)
-        routed = self._routing(drawn.weights) if drawn is not None else {}
+        image, steps, routed = None, None, {}
+        if drawn is not None:
+            image = drawn.images[0] if drawn.images else None  # none: too busy to draw
+            steps, routed = drawn.steps, self._routing(drawn.weights)
         return TurnResult(round_, query, done.hits, image, done.fusion.name, done.fused.row(0),
                           notice, timings, query_vector=done.query_vector, domains=routed,
                           steps=steps)
@@ -298,6 +301,11 @@ class Engine:
             steps = self.generator.steps
             if on_cpu:  # the budget is shared by the turns being served
                 steps = spec.steps_for(max(len(items), self.load.peak()) * n, steps)
+            if not steps and finish is not None:  # too busy: each searches with its text
+                return self._embed_and_finish([], 0, items, [slice(0)] * len(items), rows,
+                                              text_ms)
+            # A picture only to be shown is drawn whatever the load, in the fewest steps.
+            steps = steps or min(spec.fewest_steps, self.generator.steps)
             images = self.generator.generate([q for q, _ in items], seed=spec.seed, n=n,
                                              steps=steps)
             mine = [slice(i * n, (i + 1) * n) for i in range(len(items))]
@@ -317,19 +325,23 @@ class Engine:
                           rows: list[np.ndarray], text_ms: float) -> list[_Drawn]:
         """Embed a batch's pseudo-images and run each turn's search on its own, with its
         text row (`rows`, read in `text_ms`). A turn whose search fails gets its error
-        back; the batch, already drawn, does not fail."""
+        back; the batch, already drawn, does not fail. No images (0 steps): each turn
+        searches with its text alone."""
         began = time.perf_counter()
-        routed = getattr(self.encoder, "encode_images_routed", None)
-        vectors, weights = (routed(images) if routed is not None
-                            else (self.encoder.encode_images(images), None))
+        vectors, weights = None, None
+        if images:
+            routed = getattr(self.encoder, "encode_images_routed", None)
+            vectors, weights = (routed(images) if routed is not None
+                                else (self.encoder.encode_images(images), None))
         embed_ms = (time.perf_counter() - began) * 1e3
         out = []
         for (_, finish), s, t in zip(items, mine, rows):
             drawn = _Drawn(images[s], steps, None if weights is None else weights[s], embed_ms,
                            text_ms)
-            # The mean of K samples' embeddings: what the K drawings agree on.
-            g = vectors[s].mean(0, keepdims=True)
-            g /= np.linalg.norm(g, axis=1, keepdims=True)
+            g = None
+            if vectors is not None:  # the mean of K samples' embeddings: what they agree on
+                g = vectors[s].mean(0, keepdims=True)
+                g /= np.linalg.norm(g, axis=1, keepdims=True)
             try:
                 drawn.finished = finish(t[None], g)
             except Exception as e:  # noqa: BLE001  (raised in that turn's own thread)

@@ -128,6 +128,13 @@ class Profile:
         if self.generator.cpu_step_budget < 0:
             raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget must be 0 "
                              f"(off) or more, got {self.generator.cpu_step_budget}")
+        spec = self.generator
+        if spec.cpu_step_budget and spec.samples * spec.fewest_steps > spec.cpu_step_budget:
+            # A lone turn's own samples would be under the cutoff: it would never draw.
+            raise ValueError(f"profile {self.name!r}: [generator] cpu_step_budget "
+                             f"({spec.cpu_step_budget}) must cover samples x fewest_steps "
+                             f"({spec.samples} x {spec.fewest_steps}), or a turn alone would "
+                             "search without its pseudo-image")
         if not 0 < self.feedback.decay <= 1:  # also refuses nan
             raise ValueError(f"profile {self.name!r}: [feedback] decay must be in (0, 1], got "
                              f"{self.feedback.decay}")

@@ -346,11 +346,13 @@ def bench_fusion(fusion, encoder, calls: int = 500, batch: int = 8) -> dict:
 
 
 def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
-                      download_files: bool = False) -> dict:
+                      download_files: bool = False, pictures: bool = False) -> dict:
     """Turn latency seen by `gradio_client` users of a running app: one session alone, then
     `sessions` at once; and whether any session saw another's dialog. By default the client
     does not fetch the result images (gradio_client fetches them one by one, ~30 ms each,
-    which would measure the client rather than the app)."""
+    which would measure the client rather than the app). With `pictures`, each turn also
+    asks for its pseudo-image, as the browser does when a reply lands (`/pseudo_image`,
+    not waited for: the next turn goes at once), and every one must arrive."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gradio_client import Client
@@ -365,12 +367,16 @@ def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
         if ready is not None:  # opening the page (the app's config) is not a turn: all
             ready.wait()       # sessions connect first, then their turns start together
         dialog = make_dialog(sample_scene(split_seed("test", i)))
-        seconds, isolated = [], True
+        seconds, isolated, drawings = [], True, []
         for r in range(turns):
             start = time.perf_counter()
             out = client.predict(dialog[r], api_name="/send")
             seconds.append(time.perf_counter() - start)
             isolated &= len(out[1]) == 2 * (r + 1) and dialog[0][:20] in out[4]
+            if pictures:
+                drawings.append(client.submit(api_name="/pseudo_image"))
+        if not all(job.result() for job in drawings):
+            raise RuntimeError(f"session {i}: a turn's pseudo-image never came")
         return seconds, isolated
 
     alone = one_session(0)[0] + one_session(1)[0]
@@ -383,7 +389,8 @@ def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
     together = [s for seconds, _ in runs for s in seconds]
     single, busy = percentiles_ms(alone), percentiles_ms(together)
     return {"url": url, "sessions": sessions, "turns": turns,
-            "client_fetches_images": download_files, "single": single,
+            "client_fetches_images": download_files, "client_asks_for_pictures": pictures,
+            "single": single,
             "concurrent": busy, "p95_over_single_p50": round(busy["p95_ms"] / single["p50_ms"], 2),
             "isolated": all(ok for _, ok in runs),
             "concurrent_phase": {"wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2)}}

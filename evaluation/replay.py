@@ -105,10 +105,13 @@ def counterfactual(sessions: list[Session], engine, methods: dict, rounds: int =
             g = None
             if any(getattr(m, "uses_image", False) for m in methods.values()):
                 kept = folder / s.id / f"{record.get('pseudo_image')}.png" if folder else None
+                # 0 steps: a busy CPU searched that turn with the text alone (`[generator]
+                # cpu_step_budget`); its fusions replay with what a quiet app would draw.
                 image = (Image.open(kept).convert("RGB") if kept and kept.is_file() else
                          engine.generator.generate([query],
                                                    seed=record.get("generator_seed", 0),
-                                                   steps=record.get("pseudo_image_steps"))[0])
+                                                   steps=record.get("pseudo_image_steps")
+                                                   or None)[0])
                 g = engine.encoder.encode_images([image])
             for name, fusion in methods.items():
                 q = fusion(t, g if fusion.uses_image else None, np.array([r])).query[0]

@@ -24,10 +24,14 @@ class GeneratorSpec:
     runtime: str = "auto"
     # On a CPU a batch of pseudo-images costs about what its images cost one by one, so
     # while the app serves n images' turns at once (concurrent turns x samples: the most in
-    # flight over the last second, engine/load.py), each draws min(steps, max(fewest_steps,
-    # cpu_step_budget // n)) steps: a busy app draws about cpu_step_budget image-steps per
-    # round of turns, not n x steps. 0: always `steps`. A GPU draws a batch of small images
-    # for about the cost of one, and always draws `steps`.
+    # flight over the last second, engine/load.py), each draws min(steps, cpu_step_budget //
+    # n) steps: a busy app draws about cpu_step_budget image-steps per round of turns, not
+    # n x steps. A share under `fewest_steps` draws a picture too blurred to help the search
+    # (docs/BENCHMARKS.md, "Concurrent sessions"): those turns search with the text alone,
+    # and the UI draws the picture the person sees after the reply, behind every waiting
+    # search, in the steps the load then allows (at least `fewest_steps`). 0: always
+    # `steps`. A GPU draws a batch of small images for about the cost of one, and always
+    # draws `steps`. With `samples` K, n counts images (turns x K).
     cpu_step_budget: int = 0
     fewest_steps: int = 2
     # On a CPU, while other turns are being served, a turn's drawing waits up to this long
@@ -36,10 +40,11 @@ class GeneratorSpec:
 
     def steps_for(self, images: int, steps: int) -> int:
         """Denoising steps for a CPU batch of `images` pseudo-images, of a generator that
-        draws `steps` (see cpu_step_budget)."""
+        draws `steps` (see cpu_step_budget); 0: too busy to draw one worth searching with."""
         if not self.cpu_step_budget or images * steps <= self.cpu_step_budget:
             return steps
-        return min(steps, max(self.fewest_steps, self.cpu_step_budget // images))
+        share = self.cpu_step_budget // images
+        return min(steps, share) if share >= self.fewest_steps else 0
 
 
 def needs_text_tower(spec: GeneratorSpec) -> bool:

@@ -378,7 +378,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.url:
             raise ValueError("bench concurrency measures a running app: start `itir serve` "
                              "and give its address with --url http://127.0.0.1:7860/")
-        result = bench.bench_concurrency(args.url, args.sessions)
+        result = bench.bench_concurrency(args.url, args.sessions, pictures=args.pictures)
     elif args.what == "resume":
         result = bench.bench_resume(args.n or 20000, args.threads)
     elif args.what == "continual":
@@ -414,10 +414,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result["dialogs"] = bench_dialog_fidelity(
                 models.encoder, models.generator, args.dialogs, args.n or 5000,
                 grid_path=bench.DOCS / "generator-dialog-samples.png")
-    sized = args.what == "index" and args.n not in (None, 10000)  # keep the 10k result
-    name = f"index-{args.n}" if sized else (
-        "continual-quick" if args.what == "continual" and args.quick else
-        f"continual-from{args.first}" if args.what == "continual" and args.first else args.what)
+    name = args.what
+    if args.what == "index" and args.n not in (None, 10000):  # keep the 10k result
+        name = f"index-{args.n}"
+    elif args.what == "concurrency" and args.pictures:
+        name = "concurrency-pictures"
+    elif args.what == "continual" and args.quick:
+        name = "continual-quick"
+    elif args.what == "continual" and args.first:
+        name = f"continual-from{args.first}"
     path = bench.write_result(name, result)
     if args.what == "continual":
         from evaluation.continual import markdown
@@ -580,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continual: test on scenes from this index on (other, unseen seeds)")
     be.add_argument("--url", default=None, help="concurrency: the running app's address")
     be.add_argument("--sessions", type=positive_int, default=8, help="concurrency: at once")
+    be.add_argument("--pictures", action="store_true",
+                    help="concurrency: each turn also asks for its pseudo-image, as a browser "
+                         "does (docs/bench/concurrency-pictures.json)")
     be.add_argument("--n", type=positive_int, default=None, help="gallery size")
     be.add_argument("--captions", type=positive_int, default=1000,
                     help="generator: captions to draw")

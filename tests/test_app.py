@@ -108,3 +108,12 @@ def test_a_sessions_events_run_one_at_a_time_while_sessions_run_side_by_side(wor
     assert sorted(said) == ["a red circle", "it is large"]
     for out, colour in zip(outputs[2:], ["blue", "green", "white", "brown"]):
         assert [text(m) for m in out[1] if m["role"] == "user"] == [f"a {colour} star"]
+
+
+def test_the_concurrency_bench_sees_isolated_sessions_and_every_picture(world_app):
+    from evaluation.bench import bench_concurrency
+
+    url, _ = world_app
+    result = bench_concurrency(url, sessions=2, turns=2, pictures=True)
+    assert result["isolated"] and result["client_asks_for_pictures"]
+    assert result["single"]["p50_ms"] > 0 and result["concurrent"]["p95_ms"] > 0

@@ -77,13 +77,16 @@ def test_a_cpu_batch_draws_fewer_steps_the_more_images_it_holds():
         with pytest.raises(ValueError, match="gather_ms must be from 0 to 1000"):
             load_profile("world", [f"generator.gather_ms={bad}"])
     spec = GeneratorSpec(steps=5, cpu_step_budget=10, fewest_steps=2)
-    assert [spec.steps_for(n, 5) for n in (1, 2, 3, 4, 5, 8)] == [5, 5, 3, 2, 2, 2]
+    # Under two steps each (six or more images) a turn searches with the text alone.
+    assert [spec.steps_for(n, 5) for n in (1, 2, 3, 4, 5, 6, 8)] == [5, 5, 3, 2, 2, 0, 0]
     assert spec.steps_for(8, 1) == 1  # never more than the generator's own
     assert [GeneratorSpec(cpu_step_budget=0).steps_for(n, 5) for n in (1, 8)] == [5, 5]
     with pytest.raises(ValueError, match="cpu_step_budget must be 0"):
         load_profile("world", ["generator.cpu_step_budget=-1"])
     with pytest.raises(ValueError, match="fewest_steps must be at least 1"):
         load_profile("world", ["generator.fewest_steps=0"])
+    with pytest.raises(ValueError, match="must cover samples x fewest_steps"):
+        load_profile("world", ["generator.samples=6"])  # 6 x 2 > 10: never a picture
 
 
 def wait_for(condition) -> None:
@@ -220,6 +223,80 @@ def test_a_lone_turn_draws_the_steps_its_share_of_the_apps_load_allows(
     assert engine.search("a green star").steps == 2  # they were busy a moment ago
     engine.load.window_s = 0.0
     assert engine.search("a big circle").steps == 4
+
+
+def test_a_turn_too_busy_to_draw_a_useful_picture_searches_with_its_text_and_shows_one_later(
+        parts, tiny_world_pipeline, text_tower):
+    profile, encoder, index = parts
+    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=8,
+                                                 fewest_steps=2, gather_ms=0))
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=4, guidance=2.0)
+    engine = Engine(profile, encoder, index, DAR(), generator)
+    text_only = Engine(profile, encoder, index, TextOnly(), None)
+    engine.load.window_s = 60  # "lately" spans the whole test, however slow the machine
+    calls = generator.model_calls
+    with engine.load.turn(), engine.load.turn(), engine.load.turn(), engine.load.turn():
+        busy = engine.search("a blue square")  # five turns: 8 // 5 = 1 step, under two
+    assert generator.model_calls == calls  # nothing drawn for the search
+    assert busy.steps == 0 and busy.pseudo_image is None and busy.fusion == "text"
+    alone = text_only.search("a blue square")
+    assert [h.path for h in busy.hits] == [h.path for h in alone.hits]
+    assert np.allclose(busy.query_vector, alone.query_vector, atol=1e-5)
+    from ui.chat import _status  # the person is told why
+
+    assert "searched with the text alone: the CPU was serving several turns at once" in \
+        _status(busy, engine)
+    # The picture the person sees is drawn afterwards, in the fewest steps, load or not.
+    shown = engine.pseudo_image("a blue square", busy.steps)
+    assert shown is not None and generator.model_calls == calls + 1
+    assert generator.cached("a blue square", profile.generator.seed, 2) is not None
+
+
+def test_turns_too_many_to_draw_for_search_together_each_with_its_own_text(
+        parts, tiny_world_pipeline, text_tower):
+    profile, encoder, index = parts
+    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=4,
+                                                 fewest_steps=2, gather_ms=0))
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=2, guidance=2.0)
+    engine = Engine(profile, encoder, index, DAR(), generator)
+    text_only = Engine(profile, encoder, index, TextOnly(), None)
+    queries = ["a blue square", "a green star", "a big circle"]  # 4 // 3 = 1 step, under 2
+    release = block(engine.model_thread, running=True)
+    threads, results = in_threads({q: lambda q=q: engine.search(q) for q in queries})
+    wait_for(lambda: len(engine.model_thread._calls) == len(queries))
+    calls = generator.model_calls
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert generator.model_calls == calls  # one call for all three, and nothing drawn
+    for q in queries:
+        assert results[q].steps == 0 and results[q].fusion == "text"
+        assert [h.path for h in results[q].hits] == [h.path for h in text_only.search(q).hits]
+
+
+def test_replay_draws_a_turn_that_searched_with_its_text_alone_as_a_quiet_app_would(
+        parts, tiny_world_pipeline, text_tower, tmp_path, monkeypatch):
+    import json
+
+    from evaluation.replay import counterfactual, sessions_of
+
+    profile, encoder, index = parts
+    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=2, guidance=2.0)
+    engine = Engine(profile, encoder, index, DAR(), generator)
+    asked, draw = [], generator.generate
+    monkeypatch.setattr(generator, "generate",
+                        lambda *a, **kw: asked.append(kw["steps"]) or draw(*a, **kw))
+    session, target = "ab" * 8, index.paths[0]
+    rows = [{"session": session, "event": "turn", "round": 0, "query": "a red star",
+             "pseudo_image_steps": 0},  # a busy CPU: searched with the text alone
+            {"session": session, "event": "turn", "round": 1, "query": "a red star. blue",
+             "pseudo_image_steps": 1},
+            {"session": session, "event": "found", "round": 1,
+             "outcome": {"status": "found", "round": 1, "path": target}}]
+    (tmp_path / f"{session}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = counterfactual(sessions_of([tmp_path]), engine, {"dar": DAR()}, rounds=1)
+    assert result["sessions"] == 1 and set(result["methods"]) == {"text", "dar"}
+    assert asked == [None, 1]  # the generator's own steps for the text-only turn
 
 
 class FailingGenerator(Generator):

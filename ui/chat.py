@@ -81,8 +81,11 @@ def _status(result: TurnResult, engine: Engine) -> str:
             f"{as_text(n)} {w:.0%}" for n, w in sorted(result.domains.items(),
                                                     key=lambda kv: -kv[1]))
     busy = ""
-    if result.steps is not None and engine.generator is not None \
-            and result.steps < engine.generator.steps:  # cpu_step_budget: searches at once
+    if result.steps == 0:  # cpu_step_budget: too many searches at once to draw for this one
+        busy = (" · searched with the text alone: the CPU was serving several turns at once "
+                "(the pseudo-image is drawn after the results)")
+    elif result.steps is not None and engine.generator is not None \
+            and result.steps < engine.generator.steps:
         busy = (f" · pseudo-image in {result.steps} of {engine.generator.steps} steps "
                 "(the CPU was serving several turns at once)")
     return (f"**Query:** {as_text(result.query)}  \n**Fusion:** {_decision(result)}{routed}"
@@ -235,7 +238,9 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         query, steps = state.get("query"), state.get("steps")
         if not query:
             return gr.skip()
-        image = engine.pseudo_image(query, steps)  # exactly what the turn searched
+        # Exactly what the turn searched with; a turn that searched with its text alone (0
+        # steps, a busy CPU) gets a picture drawn now.
+        image = engine.pseudo_image(query, steps)
         return shown(image) if image is not None else gr.skip()
 
     def choose_fusion(name: str, state: dict):
