@@ -149,15 +149,18 @@ class Engine:
         return f"fusion {self.fusion.name} · {text} · {drawn} · {len(self.index)} images"
 
     def warm_up(self, turns: int) -> float:
-        """Search `turns` made-up queries at once, as that many sessions would, and return
-        the seconds it took. A process's first batches through ONNX Runtime and the memory
-        allocator cost far more than later ones: on a freshly started app the first burst
-        of 8 sessions' turns took ~575 ms p50 against ~350 ms for the next ones
+        """Search a made-up query alone, then `turns` at once, as that many sessions would,
+        and return the seconds it took. A process's first batches through ONNX Runtime and
+        the memory allocator cost far more than later ones: on a freshly started app the
+        first burst of 8 sessions' turns took ~575 ms p50 against ~350 ms for the next ones
         (docs/BENCHMARKS.md, "Concurrent sessions"), so the app pays that before anyone
         waits on it. Nothing is recorded; a failure is raised, as the first person's turn
         would have met it."""
         began = time.perf_counter()
         queries = [WARM_UP_QUERIES[i % len(WARM_UP_QUERIES)] for i in range(turns)]
+        # One alone first: on a CPU a burst may be too busy to draw at all (`[generator]
+        # cpu_step_budget`), and a person alone would then pay the drawing's first use.
+        self.search(queries[0], round_=1, display=False)
         with ThreadPoolExecutor(max(turns, 1)) as pool:  # map re-raises the first failure
             list(pool.map(lambda q: self.search(q, round_=1, display=False), queries))
         return time.perf_counter() - began

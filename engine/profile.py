@@ -76,9 +76,10 @@ class Profile:
     # Turns of different sessions in flight at once (each session's own events run one at a
     # time); their model calls queue on one thread, which batches them (engine/model_thread.py).
     concurrent_turns: int = 8
-    # Before serving, search `concurrent_turns` made-up queries at once (Engine.warm_up), so
-    # the first people after a start do not pay for the models' first batches. Seconds on a
-    # CPU with the world models; a hub generator on a CPU would take minutes: off there.
+    # Before serving, search a made-up query alone, then `concurrent_turns` at once
+    # (Engine.warm_up), so the first people after a start do not pay for the models' first
+    # batches. Seconds on a CPU with the world models; a hub generator on a CPU would take
+    # minutes: off there.
     warm_up: bool = False
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
