@@ -345,6 +345,24 @@ def bench_fusion(fusion, encoder, calls: int = 500, batch: int = 8) -> dict:
             "fusion_share_percent": round(100 * params / encoder.num_parameters, 2)}
 
 
+class _Arrival:
+    """When a submitted call's result arrived, counted from when it was asked for."""
+
+    def __init__(self, job):
+        self.job, self.asked, self.after = job, time.perf_counter(), None
+        self._arrived = threading.Event()
+        job.add_done_callback(self._note)  # on the client's thread, the moment it lands
+
+    def _note(self, _) -> None:
+        self.after = time.perf_counter() - self.asked
+        self._arrived.set()
+
+    def picture(self):
+        result = self.job.result()
+        self._arrived.wait(10)  # callbacks run just after `result()` may return
+        return result
+
+
 def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
                       download_files: bool = False, pictures: bool = False) -> dict:
     """Turn latency seen by `gradio_client` users of a running app: one session alone, then
@@ -374,23 +392,27 @@ def bench_concurrency(url: str, sessions: int = 8, turns: int = 4,
             seconds.append(time.perf_counter() - start)
             isolated &= len(out[1]) == 2 * (r + 1) and dialog[0][:20] in out[4]
             if pictures:
-                drawings.append(client.submit(api_name="/pseudo_image"))
-        if not all(job.result() for job in drawings):
+                drawings.append(_Arrival(client.submit(api_name="/pseudo_image")))
+        if not all(d.picture() for d in drawings):
             raise RuntimeError(f"session {i}: a turn's pseudo-image never came")
-        return seconds, isolated
+        return seconds, isolated, [d.after for d in drawings]
 
-    alone = one_session(0)[0] + one_session(1)[0]
+    lone = [one_session(0), one_session(1)]
+    alone = lone[0][0] + lone[1][0]
     ready = threading.Barrier(sessions)
     # The client shares the app's cores when both run on one machine: say how much it took.
     wall, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(sessions) as pool:
         runs = list(pool.map(one_session, range(2, 2 + sessions), [ready] * sessions))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    together = [s for seconds, _ in runs for s in seconds]
+    together = [s for seconds, _, _ in runs for s in seconds]
     single, busy = percentiles_ms(alone), percentiles_ms(together)
+    if pictures:  # the picture's wait after its reply, alone and under load
+        single["picture_after_reply"] = percentiles_ms([s for _, _, ls in lone for s in ls])
+        busy["picture_after_reply"] = percentiles_ms([s for _, _, ls in runs for s in ls])
     return {"url": url, "sessions": sessions, "turns": turns,
             "client_fetches_images": download_files, "client_asks_for_pictures": pictures,
             "single": single,
             "concurrent": busy, "p95_over_single_p50": round(busy["p95_ms"] / single["p50_ms"], 2),
-            "isolated": all(ok for _, ok in runs),
+            "isolated": all(ok for _, ok, _ in runs),
             "concurrent_phase": {"wall_s": round(wall, 2), "client_cpu_s": round(cpu, 2)}}

@@ -117,3 +117,4 @@ def test_the_concurrency_bench_sees_isolated_sessions_and_every_picture(world_ap
     result = bench_concurrency(url, sessions=2, turns=2, pictures=True)
     assert result["isolated"] and result["client_asks_for_pictures"]
     assert result["single"]["p50_ms"] > 0 and result["concurrent"]["p95_ms"] > 0
+    assert result["concurrent"]["picture_after_reply"]["n"] == 2 * 2  # every turn's picture
