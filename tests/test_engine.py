@@ -225,14 +225,21 @@ def test_a_lone_turn_draws_the_steps_its_share_of_the_apps_load_allows(
     assert engine.search("a big circle").steps == 4
 
 
+def busy_engines(parts, pipeline, tower, budget: int, steps: int) -> tuple:
+    """(DAR engine that sheds drawings under two steps a turn, its generator, the same
+    engine reading the text alone) over `parts`, with a CPU step budget of `budget`."""
+    profile, encoder, index = parts
+    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=budget,
+                                                 fewest_steps=2, gather_ms=0))
+    generator = WorldGenerator(pipeline[1], tower, steps=steps, guidance=2.0)
+    return (Engine(profile, encoder, index, DAR(), generator), generator,
+            Engine(profile, encoder, index, TextOnly(), None))
+
+
 def test_a_turn_too_busy_to_draw_a_useful_picture_searches_with_its_text_and_shows_one_later(
         parts, tiny_world_pipeline, text_tower):
-    profile, encoder, index = parts
-    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=8,
-                                                 fewest_steps=2, gather_ms=0))
-    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=4, guidance=2.0)
-    engine = Engine(profile, encoder, index, DAR(), generator)
-    text_only = Engine(profile, encoder, index, TextOnly(), None)
+    engine, generator, text_only = busy_engines(parts, tiny_world_pipeline, text_tower,
+                                                budget=8, steps=4)
     engine.load.window_s = 60  # "lately" spans the whole test, however slow the machine
     calls = generator.model_calls
     with engine.load.turn(), engine.load.turn(), engine.load.turn(), engine.load.turn():
@@ -249,17 +256,13 @@ def test_a_turn_too_busy_to_draw_a_useful_picture_searches_with_its_text_and_sho
     # The picture the person sees is drawn afterwards, in the fewest steps, load or not.
     shown = engine.pseudo_image("a blue square", busy.steps)
     assert shown is not None and generator.model_calls == calls + 1
-    assert generator.cached("a blue square", profile.generator.seed, 2) is not None
+    assert generator.cached("a blue square", engine.profile.generator.seed, 2) is not None
 
 
 def test_turns_too_many_to_draw_for_search_together_each_with_its_own_text(
         parts, tiny_world_pipeline, text_tower):
-    profile, encoder, index = parts
-    profile = replace(profile, generator=replace(profile.generator, cpu_step_budget=4,
-                                                 fewest_steps=2, gather_ms=0))
-    generator = WorldGenerator(tiny_world_pipeline[1], text_tower, steps=2, guidance=2.0)
-    engine = Engine(profile, encoder, index, DAR(), generator)
-    text_only = Engine(profile, encoder, index, TextOnly(), None)
+    engine, generator, text_only = busy_engines(parts, tiny_world_pipeline, text_tower,
+                                                budget=4, steps=2)
     queries = ["a blue square", "a green star", "a big circle"]  # 4 // 3 = 1 step, under 2
     release = block(engine.model_thread, running=True)
     threads, results = in_threads({q: lambda q=q: engine.search(q) for q in queries})
