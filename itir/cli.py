@@ -617,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak learning rate (default: EncoderTrainConfig's)")
     t.add_argument("--text-layers", type=non_negative_int, default=0, metavar="K",
                    help="the text head trains its own copy of the text tower's top K layers "
-                        "(started from the tower's weights; a head that has them keeps them)")
+                        "(started from the tower's weights; a head that owns fewer keeps its "
+                        "trained copies on top and takes fresh ones below; one that owns more "
+                        "is refused)")
     t.add_argument("--negatives", choices=("batch", "corpus"), default="batch",
                    help="with --init and --part text: rank each text against the batch's "
                         "images or against every training image (retrieval/train_encoder.py)")

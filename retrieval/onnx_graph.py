@@ -1,7 +1,7 @@
 """Token-state modules on ONNX Runtime: the text side of a turn, about twice as fast on a CPU.
 
 A world turn reads the dialog through MiniLM's layers twice: the encoder takes the states of
-layer 4 and runs its own copies of layers 5-6 and a head; the generator reads layer 6 of
+layer 2 and runs its own copies of layers 3-6 and a head; the generator reads layer 6 of
 each clause it has not seen. Eager torch pays its dispatch on each of their many small
 kernels: on two AVX2 cores the encoder's text stage took 37-41 ms p50 in a turn, and 20-21
 ms as one ONNX Runtime graph (docs/BENCHMARKS.md, "Per-turn latency", the fifth session).

@@ -278,8 +278,9 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     With `init` (a saved encoder folder) the run starts from those weights and trains only
     one `part`: the text head (`finetune_text_head`) or the image tower
     (`finetune_image_tower`); without, everything is trained from scratch. `text_layers`
-    gives the text head a trained copy of the tower's top layers (a head that has them
-    keeps them)."""
+    gives the text head a trained copy of the tower's top layers (a head that has some keeps
+    them and takes fresh copies of the layers below, up to `text_layers`; 0 or the count it
+    owns trains those; fewer is refused)."""
     if part not in ("text", "image"):
         raise ValueError(f"part must be 'text' or 'image', not {part!r}")
     if part != "text" and init is None:
@@ -299,15 +300,15 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     tower = TextTower()
     model = WorldDualEncoder.from_pretrained(str(init)) if init is not None else None
     owned = model.config.text_layers if model is not None else 0
-    if owned and text_layers and text_layers != owned:
+    if owned and text_layers and text_layers < owned:
         raise ValueError(f"{init} already owns {owned} tower layers; give --text-layers "
-                         f"{owned} (or none) to go on training them")
+                         f"{owned} or more (or none) to go on training them")
     # `top_layers` refuses more layers than the tower has, before any corpus is built.
-    tower_layers = tower.top_layers(text_layers) if text_layers and not owned else None
+    tower_layers = tower.top_layers(text_layers) if text_layers > owned else None
     if model is not None and tower_layers is not None:
         model, tower_layers = with_tower_layers(model, tower_layers), None
     model_cfg = model.config if model is not None else WorldEncoderConfig()
-    layer = -1 - (owned or text_layers)
+    layer = -1 - max(owned, text_layers)
     corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower

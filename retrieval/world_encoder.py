@@ -114,21 +114,33 @@ def with_tower_layers(model: "WorldDualEncoder", tower_layers: nn.ModuleList
                       ) -> "WorldDualEncoder":
     """`model` whose text head now owns `tower_layers` (`TextTower.top_layers(k)`, copies
     of the tower's top k layers) and reads the tower's states from below them: the same
-    embeddings as `model` until it trains."""
-    if model.config.text_layers:
-        raise ValueError(f"this encoder already owns {model.config.text_layers} tower layers")
-    if not len(tower_layers):
+    embeddings as `model` until it trains. A head that already owns j < k layers keeps its
+    trained copies on top and takes fresh copies of the k - j layers below them."""
+    owned, count = model.config.text_layers, len(tower_layers)
+    if not count:
         raise ValueError("no tower layers given: copy at least one (`top_layers(k)`, k >= 1)")
+    if owned >= count:
+        raise ValueError(f"this encoder already owns {owned} tower layers; give more than that")
     first = tower_layers[0]
-    cfg = replace(model.config, text_layers=len(tower_layers),
+    shape = (first.self_attn.num_heads, first.linear1.out_features, first.norm1.eps)
+    if owned and shape != (model.config.tower_heads, model.config.tower_ffn,
+                           model.config.tower_norm_eps):
+        raise ValueError(f"these tower layers (heads, ffn, eps = {shape}) are not shaped like "
+                         "the ones the encoder owns: copy them from the same tower")
+    cfg = replace(model.config, text_layers=count,
                   tower_heads=first.self_attn.num_heads, tower_ffn=first.linear1.out_features,
                   tower_norm_eps=first.norm1.eps)
     out = WorldDualEncoder(cfg)
-    result = out.load_state_dict(model.state_dict(), strict=False)
-    if result.unexpected_keys or any(not k.startswith("text.tower_top.")
-                                     for k in result.missing_keys):
-        raise ValueError(f"weights do not fit the encoder with tower layers: {result}")
     out.text.tower_top.load_state_dict(tower_layers.state_dict())
+    # The owned copies move up past the fresh ones: "tower_top.i" -> "tower_top.(i + new)".
+    prefix, new = "text.tower_top.", count - owned
+    state = {(f"{prefix}{int(k[len(prefix):].split('.')[0]) + new}."
+              f"{k[len(prefix):].split('.', 1)[1]}" if k.startswith(prefix) else k): v
+             for k, v in model.state_dict().items()}
+    result = out.load_state_dict(state, strict=False)
+    fresh = tuple(f"{prefix}{i}." for i in range(new))
+    if result.unexpected_keys or any(not k.startswith(fresh) for k in result.missing_keys):
+        raise ValueError(f"weights do not fit the encoder with tower layers: {result}")
     return out
 
 

@@ -84,7 +84,19 @@ def test_an_encoder_with_tower_layers_embeds_as_before_and_round_trips(
     assert enc.text_identity != random_world_encoder.text_identity
     assert enc.image_identity == random_world_encoder.image_identity
     with pytest.raises(ValueError, match="already owns 2"):
-        with_tower_layers(model, text_tower.top_layers(1))
+        with_tower_layers(model, text_tower.top_layers(2))
+    # Grown to three, the head keeps its (here: changed) two copies on top of a fresh third.
+    with torch.no_grad():  # (a bias after the layer's LayerNorm would cancel: not that one)
+        model.text.tower_top[1].linear1.bias.add_(0.5)
+    grown = with_tower_layers(model, text_tower.top_layers(3)).eval()
+    assert grown.text.states_layer == -4
+    assert torch.equal(grown.text.tower_top[2].linear1.bias, model.text.tower_top[1].linear1.bias)
+    model.eval().save_pretrained(tmp_path / "changed")
+    grown.save_pretrained(tmp_path / "grown")
+    changed = WorldEncoder(tmp_path / "changed", text_tower).encode_texts(texts)
+    assert not np.allclose(changed, random_world_encoder.encode_texts(texts), atol=1e-3)
+    assert np.allclose(WorldEncoder(tmp_path / "grown", text_tower).encode_texts(texts),
+                       changed, atol=1e-4)
     deep = replace(model.config, text_layers=7)
     WorldDualEncoder(deep).save_pretrained(tmp_path / "deep")
     with pytest.raises(ValueError, match="owns 7 top layers"):

@@ -146,6 +146,16 @@ def test_a_text_fine_tune_trains_copied_tower_layers_at_their_own_rate(tower_lr_
     assert tower_moved == (tower_lr_scale > 0)
 
 
+def test_a_head_with_tower_layers_is_grown_but_never_shrunk(text_tower, tmp_path):
+    """`--text-layers` under the count an --init head owns is refused before any corpus is
+    built; more grows it (`with_tower_layers`, tests/test_encoders.py)."""
+    model = with_tower_layers(WorldDualEncoder(SMALL_ENCODER), text_tower.top_layers(2))
+    model.save_pretrained(tmp_path / "two")
+    with pytest.raises(ValueError, match="give --text-layers 2 or more"):
+        reproduce(tmp_path / "out", 24, 1, tmp_path, init=tmp_path / "two", text_layers=1)
+    assert not list(tmp_path.glob("corpus-*"))
+
+
 def test_corpus_negatives_rank_each_text_against_every_training_image(tiny_corpus):
     torch.manual_seed(0)
     model = WorldDualEncoder(SMALL_ENCODER).eval()
@@ -207,12 +217,12 @@ def test_a_text_fine_tune_against_the_whole_corpus_learns_and_keeps_the_images(
 
 def test_a_corpus_from_an_older_renderer_is_redrawn_not_re_encoded(tiny_corpus, tmp_path):
     stale = Corpus(**{**tiny_corpus.__dict__, "images": torch.zeros_like(tiny_corpus.images)})
-    stale.save(tmp_path / "corpus-v6-train-24-64px.pt")  # render 1's name had no suffix
+    stale.save(tmp_path / "corpus-v7-train-24-64px.pt")  # render 1's name had no suffix
     corpus = cached_corpus(24, "train", None, 64, tmp_path)  # no text tower: states are kept
     assert torch.equal(corpus.images, render_split(24, "train", 64)[1])
     assert torch.equal(corpus.states, tiny_corpus.states) and corpus.texts == tiny_corpus.texts
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"corpus-v6-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v6-train-24-64px.pt"]
+        f"corpus-v7-train-24-64px-r{RENDER_VERSION}.pt", "corpus-v7-train-24-64px.pt"]
 
 
 class Interrupted(Exception):

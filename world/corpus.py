@@ -130,11 +130,11 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path,
                   layer: int = -1) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v6: more attribute words (varied.MORE_WORDS); v5: corners said as two edges; v4:
-    # varied wording (world/varied.py); v3: broad training vocabulary; v2: the first free
-    # descriptions; r: the renderer's version. Each keeps an older cache from being read as
-    # this one.
-    name = f"corpus-v6-{split}-{n}-{image_size}px" + (f"-layer{layer}" if layer != -1 else "")
+    # v7: 313 attribute words, not 113 (varied.MORE_WORDS); v6: more attribute words; v5:
+    # corners said as two edges; v4: varied wording (world/varied.py); v3: broad training
+    # vocabulary; v2: the first free descriptions; r: the renderer's version. Each keeps an
+    # older cache from being read as this one.
+    name = f"corpus-v7-{split}-{n}-{image_size}px" + (f"-layer{layer}" if layer != -1 else "")
     folder = Path(cache_dir)
     path = folder / f"{name}-r{RENDER_VERSION}.pt"
     # Texts do not depend on the renderer: an older render's corpus keeps its text-tower
