@@ -1,5 +1,5 @@
-"""The chat in a real browser: type, answer the question by button, select a result, say
-"this is it"; ranked images and the pseudo-image on screen throughout."""
+"""The chat in a real browser: type, answer the question by button, send an empty message,
+select a result, say "this is it"; ranked images and the pseudo-image on screen throughout."""
 
 import os
 import shutil
@@ -34,6 +34,14 @@ def test_chat_in_chromium_answers_selects_and_finds(world_app, tmp_path):
         expect(gallery).to_have_count(top_k, timeout=30_000)
         expect(page.get_by_text("#1 ·").first).to_be_visible()
         expect(page.locator("#pseudo img")).to_be_visible()
+        # A refused message says why and leaves the dialog and the results on screen (an
+        # error badge on them would hide both until the next turn).
+        box.fill("   ")
+        box.press("Enter")
+        expect(page.get_by_text("Empty message").first).to_be_visible(timeout=10_000)
+        expect(page.locator("#results").get_by_text("Error", exact=True)).to_have_count(0)
+        expect(page.get_by_text("Round 2: searched for")).to_be_visible()
+        expect(gallery).to_have_count(top_k)
         gallery.nth(2).click()
         expect(page.get_by_text("Selected: #3")).to_be_visible(timeout=10_000)
         if os.environ.get("ITIR_SCREENSHOT"):  # docs/ui.png is made this way

@@ -291,7 +291,11 @@ def build_ui(engine: Engine, delete_cache: tuple[int, int] = CACHE_SWEEP,
         outputs = [box, chat, gallery, pseudo, status, *answers, picked, asked, state]
         # `concurrency` turns of different sessions at a time; their model calls queue on the
         # engine's model thread, which batches them.
-        run = {"concurrency_id": "turn", "concurrency_limit": concurrency}
+        # Progress, and a refusal's error badge, show on the status line only: on the dialog
+        # and the results an error badge hides what they hold until the next turn, and a
+        # refused message ("   ", a search that is over) changes neither.
+        run = {"concurrency_id": "turn", "concurrency_limit": concurrency,
+               "show_progress_on": [status]}
         # The pseudo-image is drawn when a search's status appears: an event of its own (in
         # its own lane: the generator is slow), so neither the reply nor an API client's
         # call waits for it. API clients that want it ask `/pseudo_image`.
