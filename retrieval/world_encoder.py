@@ -122,25 +122,21 @@ def with_tower_layers(model: "WorldDualEncoder", tower_layers: nn.ModuleList
     if owned >= count:
         raise ValueError(f"this encoder already owns {owned} tower layers; give more than that")
     first = tower_layers[0]
-    shape = (first.self_attn.num_heads, first.linear1.out_features, first.norm1.eps)
-    if owned and shape != (model.config.tower_heads, model.config.tower_ffn,
-                           model.config.tower_norm_eps):
-        raise ValueError(f"these tower layers (heads, ffn, eps = {shape}) are not shaped like "
-                         "the ones the encoder owns: copy them from the same tower")
-    cfg = replace(model.config, text_layers=count,
-                  tower_heads=first.self_attn.num_heads, tower_ffn=first.linear1.out_features,
-                  tower_norm_eps=first.norm1.eps)
-    out = WorldDualEncoder(cfg)
-    out.text.tower_top.load_state_dict(tower_layers.state_dict())
-    # The owned copies move up past the fresh ones: "tower_top.i" -> "tower_top.(i + new)".
-    prefix, new = "text.tower_top.", count - owned
-    state = {(f"{prefix}{int(k[len(prefix):].split('.')[0]) + new}."
-              f"{k[len(prefix):].split('.', 1)[1]}" if k.startswith(prefix) else k): v
-             for k, v in model.state_dict().items()}
-    result = out.load_state_dict(state, strict=False)
-    fresh = tuple(f"{prefix}{i}." for i in range(new))
-    if result.unexpected_keys or any(not k.startswith(fresh) for k in result.missing_keys):
+    shape = {"tower_heads": first.self_attn.num_heads, "tower_ffn": first.linear1.out_features,
+             "tower_norm_eps": first.norm1.eps}
+    if owned and shape != {k: getattr(model.config, k) for k in shape}:
+        raise ValueError(f"these tower layers ({shape}) are not shaped like the ones the "
+                         "encoder owns: copy them from the same tower")
+    out = WorldDualEncoder(replace(model.config, text_layers=count, **shape))
+    copies = "text.tower_top."
+    result = out.load_state_dict({k: v for k, v in model.state_dict().items()
+                                  if not k.startswith(copies)}, strict=False)
+    if result.unexpected_keys or any(not k.startswith(copies) for k in result.missing_keys):
         raise ValueError(f"weights do not fit the encoder with tower layers: {result}")
+    # Fresh copies below, the owned (trained) ones on top of them.
+    fresh = count - owned
+    out.text.tower_top[:fresh].load_state_dict(tower_layers[:fresh].state_dict())
+    out.text.tower_top[fresh:].load_state_dict(model.text.tower_top.state_dict())
     return out
 
 
