@@ -10,6 +10,7 @@ generator's size) is reported beside it as the ceiling.
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from evaluation.metrics import percentiles_ms, target_ranks
-from world.captions import PLACE
+from evaluation.metrics import percentiles_ms, recall_at, target_ranks
+from world.captions import PLACE, full_caption
 from world.dialogs import make_dialog, round_query
+from world.phrasings import describe
 from world.render import render
 from world.scene import COLOURS, POSITIONS, Scene, sample_scene, split_seed
 
@@ -138,6 +140,44 @@ def bench_dialog_fidelity(encoder, generator, dialogs: int = 300, n_gallery: int
         grid_path = Path(grid_path)
         result["grid"] = grid_path.name
     return result
+
+
+WORDINGS = ("full caption", "training wording", "held-out wording")
+
+
+def described(scene: Scene, form: str) -> str:
+    """A full description of `scene` in one of WORDINGS: the caption template, a free
+    description in the forms training uses, or one in forms no training ever sees."""
+    if form == "full caption":
+        return full_caption(scene)
+    split = "heldout" if form == "held-out wording" else "train"
+    return describe(scene, random.Random(scene.seed), split)
+
+
+def bench_wording(encoder, generator, n: int = 500, n_gallery: int = 5000,
+                  gallery: np.ndarray | None = None) -> dict:
+    """Does the pseudo-image depend on how a person words the scene? For the first `n` test
+    scenes, each described fully in each of WORDINGS: image-only R@1/R@10 of the pseudo-image
+    against `n_gallery` test scenes, and whether it has the background the text named."""
+    from evaluation.bench import embed_gallery, test_scenes
+
+    if n > n_gallery:
+        raise ValueError(f"the {n} described scenes must be in the gallery of {n_gallery}")
+    scenes = test_scenes(n_gallery)
+    gallery = embed_gallery(encoder, scenes) if gallery is None else gallery
+    targets = np.arange(n)
+    out = {"scenes": n, "gallery": n_gallery, "generator": generator.identity}
+    for form in WORDINGS:
+        queries = [described(s, form) for s in scenes[:n]]
+        images = []
+        for i in tqdm(range(0, n, 50), desc=form, unit="batch"):
+            images += generator.generate(queries[i:i + 50], seed=0)
+        ranks = target_ranks(encoder.encode_images(images) @ gallery.T, targets)
+        background = [background_colour(np.asarray(im.convert("RGB"))) == s.background
+                      for im, s in zip(images, scenes[:n])]
+        out[form] = {**recall_at(ranks), "background_right": float(np.mean(background)),
+                     "example": queries[0]}
+    return out
 
 
 def dialog_grid(scenes: list[Scene], images: dict[int, list[Image.Image]]) -> Image.Image:

@@ -64,6 +64,19 @@ def cmd_distill_generator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_layout(args: argparse.Namespace) -> int:
+    from engine.paths import cache_dir
+    from engine.profile import Profile
+    from generation.tune_layout import reproduce
+
+    torch_threads(args.threads)
+    log = reproduce(Profile.resolve(args.source), args.out, args.scenes, args.steps,
+                    args.cache or cache_dir(), lr=args.lr, anchor=args.anchor,
+                    resume=args.resume, source_name=args.source)
+    print("final loss:", log[-1]["loss"], "slot gap:", log[-1].get("slot_gap"))
+    return 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from diffusers import UNet2DConditionModel
 
@@ -406,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         elif args.what == "index":
             result = bench.bench_index(models.encoder, args.n or 10000)
         else:
-            from evaluation.fidelity import bench_dialog_fidelity
+            from evaluation.fidelity import bench_dialog_fidelity, bench_wording
 
             grid = bench.DOCS / "generator-samples.png"
             result = bench.bench_generator(models.encoder, models.generator, args.n or 5000,
@@ -414,6 +427,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result["dialogs"] = bench_dialog_fidelity(
                 models.encoder, models.generator, args.dialogs, args.n or 5000,
                 grid_path=bench.DOCS / "generator-dialog-samples.png")
+            gallery = args.n or 5000
+            result["wording"] = bench_wording(models.encoder, models.generator,
+                                              min(args.wordings, gallery), gallery)
     name = args.what
     if args.what == "index" and args.n not in (None, 10000):  # keep the 10k result
         name = f"index-{args.n}"
@@ -593,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generator: captions to draw")
     be.add_argument("--dialogs", type=positive_int, default=300,
                     help="generator: test dialogs to draw at rounds 0, 2, 5 and 10")
+    be.add_argument("--wordings", type=positive_int, default=500,
+                    help="generator: test scenes to describe in each wording (caption, "
+                         "training and held-out free descriptions)")
     be.add_argument("--threads", type=positive_int, default=None)
     be.set_defaults(func=cmd_bench)
 
@@ -656,6 +675,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")
     d.set_defaults(func=cmd_distill_generator)
+
+    y = sub.add_parser("tune-layout", help="fine-tune a world generator's layout parser on "
+                       "varied wording; the UNet is kept (generation/tune_layout.py)")
+    y.add_argument("source", help="a world generator pipeline folder, e.g. an older "
+                   "assets/world-generator-distilled")
+    y.add_argument("--out", required=True, help="where the tuned pipeline folder goes")
+    y.add_argument("--scenes", type=positive_int, default=12000)
+    y.add_argument("--steps", type=positive_int, default=1500)
+    y.add_argument("--lr", type=float, default=3e-4)
+    y.add_argument("--anchor", type=float, default=10.0,
+                   help="weight of the slot-state MSE to the source parser on template texts")
+    y.add_argument("--cache", default=None, help="corpus cache folder")
+    y.add_argument("--threads", type=positive_int, default=2)
+    y.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --out (after a stop or crash)")
+    y.set_defaults(func=cmd_tune_layout)
 
     x = sub.add_parser("export-onnx", help="export a world generator's UNet for ONNX Runtime "
                        "(generator.runtime; about twice as fast on a CPU)")

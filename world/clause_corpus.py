@@ -8,7 +8,8 @@ cache than captions.
 Texts per scene are what the app is asked: a full caption, a partial caption, a free full
 description and a free partial one (world.phrasings, training forms only), and a dialog cut
 at a random round and at round 10; in a third of the dialogs the first message is a free
-description rather than a template caption.
+description rather than a template caption. The varied corpus (v3, `itir tune-layout`) adds a
+full and a partial description in world/varied.py's wider training wording.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from world.dialogs import ROUNDS, make_dialog, round_query
 from world.phrasings import describe
 from world.render import RENDER_VERSION
 from world.scene import sample_scene
+from world.varied import Extra, unknown_word_pool
+
+# What each text is (`ClauseCorpus.text_kind` indexes this; the encoder's corpus in
+# world/corpus.py numbers its own kinds otherwise).
+KINDS = ("caption", "partial caption", "description", "partial description", "dialog",
+         "whole dialog", "dialog opened freely", "whole dialog opened freely", "varied",
+         "partial varied")
+# The texts whose every word is a template's: what a parser trained on them reads right.
+TEMPLATE_KINDS = tuple(KINDS.index(k) for k in ("caption", "partial caption", "dialog",
+                                                 "whole dialog"))
 
 
 @dataclass
@@ -38,6 +49,7 @@ class ClauseCorpus:
     text_offsets: torch.Tensor  # [T + 1]
     clause_states: torch.Tensor  # [sum of clause lengths, W] fp16, packed
     clause_offsets: torch.Tensor  # [U + 1]
+    text_kind: torch.Tensor | None = None  # [T] index into KINDS; caches before v3 lack it
 
     def clauses_of(self, text_id: int) -> list[torch.Tensor]:
         ids = self.text_clauses[self.text_offsets[text_id]:self.text_offsets[text_id + 1]]
@@ -52,26 +64,40 @@ class ClauseCorpus:
         return cls(**torch.load(path, weights_only=False))
 
 
-def scene_texts(seed: int) -> list[str]:
-    """What the generator trains on for one scene (see the module docstring)."""
+def scene_texts(seed: int, extra: Extra | None = None) -> list[tuple[int, str]]:
+    """(kind, text) pairs the generator trains on for one scene (see the module docstring);
+    with `extra`, two varied descriptions after the six, which stay as they were."""
     rng = random.Random(seed * 17 + 3)
     scene = sample_scene(seed)
     dialog = make_dialog(scene)
-    if rng.random() < 1 / 3:
+    free = rng.random() < 1 / 3
+    if free:
         dialog = [describe(scene, rng, partial=True), *dialog[1:]]
-    return [full_caption(scene, rng), partial_caption(scene, rng)[0],
-            describe(scene, rng), describe(scene, rng, partial=True),
-            round_query(dialog, rng.randint(0, ROUNDS - 1)), round_query(dialog, ROUNDS)]
+    opened = " opened freely" if free else ""
+    texts = [("caption", full_caption(scene, rng)),
+             ("partial caption", partial_caption(scene, rng)[0]),
+             ("description", describe(scene, rng)),
+             ("partial description", describe(scene, rng, partial=True)),
+             ("dialog" + opened, round_query(dialog, rng.randint(0, ROUNDS - 1))),
+             ("whole dialog" + opened, round_query(dialog, ROUNDS))]
+    if extra is not None:
+        texts += [("varied", describe(scene, rng, extra=extra)),
+                  ("partial varied", describe(scene, rng, partial=True, extra=extra))]
+    return [(KINDS.index(kind), text) for kind, text in texts]
 
 
 def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
-                        batch_size: int = 256) -> ClauseCorpus:
+                        batch_size: int = 256, varied: bool = False) -> ClauseCorpus:
+    """`varied`: add the two descriptions in wider wording, whose unknown words come from the
+    tower's own vocabulary (as the encoder's corpus does)."""
     seeds, images = render_split(n, split, image_size)
-    texts, text_scene = [], []
+    extra = Extra(unknown_words=unknown_word_pool(tower.tokenizer.get_vocab())) if varied else None
+    texts, text_scene, text_kind = [], [], []
     for row, seed in enumerate(seeds):
-        for text in scene_texts(seed):
+        for kind, text in scene_texts(seed, extra):
             texts.append(text)
             text_scene.append(row)
+            text_kind.append(kind)
     vocab: dict[str, int] = {}
     text_clauses = [[vocab.setdefault(c, len(vocab)) for c in split_clauses(t) or [""]]
                     for t in texts]
@@ -82,14 +108,16 @@ def build_clause_corpus(n: int, split: str, tower, image_size: int = 32,
         text_scene=torch.tensor(text_scene),
         text_clauses=torch.tensor([c for cs in text_clauses for c in cs]),
         text_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
-        clause_states=states, clause_offsets=offsets)
+        clause_states=states, clause_offsets=offsets, text_kind=torch.tensor(text_kind))
 
 
 def cached_clause_corpus(n: int, split: str, tower, image_size: int,
-                         cache_dir: str | Path) -> ClauseCorpus:
+                         cache_dir: str | Path, varied: bool = False) -> ClauseCorpus:
     """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v2: broad training vocabulary; r: the renderer's version. Either keeps an older cache
-    # from being read as this one.
-    path = Path(cache_dir) / f"clauses-v2-{split}-{n}-{image_size}px-r{RENDER_VERSION}.pt"
-    return cached(path, lambda: build_clause_corpus(n, split, tower, image_size),
+    # v2: broad training vocabulary; v3: v2 plus the varied descriptions, in world/varied.py's
+    # wording as of the encoder's corpus v7 (world/corpus.py: bump both when it changes); r: the
+    # renderer's version. Each keeps an older cache from being read as this one.
+    version = 3 if varied else 2
+    path = Path(cache_dir) / f"clauses-v{version}-{split}-{n}-{image_size}px-r{RENDER_VERSION}.pt"
+    return cached(path, lambda: build_clause_corpus(n, split, tower, image_size, varied=varied),
                   ClauseCorpus.load)
