@@ -157,13 +157,14 @@ def v_prediction_loss(noise_sched: DDPMScheduler
 
 @torch.no_grad()
 def layout_accuracy(parser: WorldLayoutParser, corpus: ClauseCorpus, labels: torch.Tensor,
-                    n: int = 1000) -> dict[str, float]:
-    """On up to `n` texts: background accuracy, object-presence accuracy per cell, and
-    colour / shape accuracy of the objects that are there."""
+                    n: int = 1000, ids: torch.Tensor | None = None) -> dict[str, float]:
+    """On up to `n` texts (or the texts `ids`): background accuracy, object-presence accuracy
+    per cell, and colour / shape accuracy of the objects that are there."""
     parser.eval()
-    ids = torch.arange(min(n, len(corpus.texts)))
-    truth = labels[corpus.text_scene[ids]]
-    layout: Layout = parser(*text_batch(corpus, ids))
+    device = next(parser.parameters()).device
+    ids = torch.arange(min(n, len(corpus.texts))) if ids is None else ids
+    truth = labels[corpus.text_scene[ids]].to(device)
+    layout: Layout = parser(*(x.to(device) for x in text_batch(corpus, ids)))
     cells = truth[:, : CELLS * 5].view(-1, CELLS, 5)
     present = cells[..., 0] == 1
     logits = layout.cell_logits

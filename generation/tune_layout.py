@@ -33,10 +33,9 @@ from accelerate import PartialState
 from huggingface_hub import ModelCard
 
 from generation.train_world import (
-    CELL_GROUPS,
-    CELLS,
     LayoutTrainConfig,
     corpus_labels,
+    layout_accuracy,
     text_batch,
 )
 from generation.world_layout import WorldLayoutParser
@@ -94,24 +93,13 @@ def _read(parser: WorldLayoutParser, corpus: ClauseCorpus, ids: torch.Tensor):
 @torch.no_grad()
 def accuracy_by_kind(parser: WorldLayoutParser, corpus: ClauseCorpus, labels: torch.Tensor,
                      per_kind: int = 300) -> dict[str, float]:
-    """Background, and the colour and shape of the objects that are there, on up to
-    `per_kind` texts of each kind."""
+    """`layout_accuracy` on up to `per_kind` texts of each kind, keyed "kind/measure"."""
     out = {}
     for k, name in enumerate(KINDS):
         ids = (corpus.text_kind == k).nonzero().flatten()[:per_kind]
-        if not len(ids):
-            continue
-        truth = labels[corpus.text_scene[ids]].to(next(parser.parameters()).device)
-        layout = _read(parser, corpus, ids)
-        cells = truth[:, : CELLS * 5].view(-1, CELLS, 5)
-        present = cells[..., 0] == 1
-        colour, shape = (g.argmax(-1) for g in layout.cell_logits[..., 1:].split(
-            list(CELL_GROUPS.values()), dim=-1)[:2])
-        background = layout.scene_probs()["background"].argmax(-1)
-        key = name.replace(" ", "_")
-        out[f"{key}/background"] = (background == truth[:, CELLS * 5]).float().mean().item()
-        out[f"{key}/colour"] = (colour == cells[..., 1])[present].float().mean().item()
-        out[f"{key}/shape"] = (shape == cells[..., 2])[present].float().mean().item()
+        if len(ids):
+            acc = layout_accuracy(parser, corpus, labels, ids=ids)
+            out.update({f"{name.replace(' ', '_')}/{m}": v for m, v in acc.items()})
     return out
 
 
