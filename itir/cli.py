@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,13 +30,15 @@ def _profile(args: argparse.Namespace, check_encoder: bool = False,
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
-    from engine.paths import cache_dir
+    from engine.paths import cache_dir, home
     from retrieval.train_encoder import reproduce
 
     torch_threads(args.threads)
+    onnx_folder = os.environ.get("ITIR_ONNX_FOLDER") or home() / "onnx"  # as the app's
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
                         resume=args.resume, init=args.init, part=args.part, lr=args.lr,
-                        text_layers=args.text_layers, negatives=args.negatives)
+                        text_layers=args.text_layers, negatives=args.negatives,
+                        texts_per_scene=args.texts_per_scene, onnx_folder=onnx_folder)
     print("val (full caption, text->image):", metrics)
     return 0
 
@@ -642,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negatives", choices=("batch", "corpus"), default="batch",
                    help="with --init and --part text: rank each text against the batch's "
                         "images or against every training image (retrieval/train_encoder.py)")
+    t.add_argument("--texts-per-scene", type=positive_int, default=None, metavar="K",
+                   help="with --part image: each scene's full caption and K-1 of its other "
+                        "texts (K in 1..7, default 3), embedded once by the frozen text side "
+                        "as the app on a CPU embeds queries")
     t.add_argument("--threads", type=positive_int, default=2)
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out (after a stop or crash)")

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from retrieval.weights import tensor_digest
 from retrieval.world_encoder import WorldDualEncoder, WorldEncoderConfig, with_tower_layers
 from training import (
     TrainConfig,
@@ -27,8 +29,12 @@ from training import (
     write_model_card,
 )
 from training.loop import Evaluate
-from world.corpus import Corpus
+from world.corpus import TEXTS_PER_SCENE, Corpus, EmbeddedCorpus, check_texts_per_scene
 from world.render import RENDER_VERSION
+
+if TYPE_CHECKING:
+    from retrieval.encoders import WorldEncoder
+    from retrieval.text_tower import TextTower
 
 
 @dataclass
@@ -64,7 +70,7 @@ def shrink(images: torch.Tensor, fraction: float, gen: torch.Generator) -> torch
     return out
 
 
-def scene_text_picker(corpus: Corpus, batch_size: int
+def scene_text_picker(corpus: Corpus | EmbeddedCorpus, batch_size: int
                       ) -> Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]:
     """Draws `batch_size` distinct scenes and one of each scene's texts at random."""
     n_scenes = len(corpus.images)
@@ -81,7 +87,7 @@ def scene_text_picker(corpus: Corpus, batch_size: int
     return pick
 
 
-def encoder_batches(corpus: Corpus, cfg: EncoderTrainConfig, *,
+def encoder_batches(corpus: Corpus | EmbeddedCorpus, cfg: EncoderTrainConfig, *,
                     image_embeddings: torch.Tensor | None = None,
                     text_embeddings: torch.Tensor | None = None
                     ) -> Callable[[torch.Generator], dict[str, torch.Tensor]]:
@@ -200,20 +206,30 @@ def finetune_text_head(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrai
         model.image.requires_grad_(True)
 
 
-def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus, cfg: EncoderTrainConfig,
-                         out: str | Path | None = None, *, resume: bool = False,
-                         evaluate: Evaluate | None = None) -> list[dict]:
+def finetune_image_tower(model: WorldDualEncoder, corpus: Corpus | EmbeddedCorpus,
+                         cfg: EncoderTrainConfig, out: str | Path | None = None, *,
+                         resume: bool = False, evaluate: Evaluate | None = None) -> list[dict]:
     """Go on training `model`'s image tower (and temperature) with the text side frozen.
 
     The mirror of `finetune_text_head`: when the images change (a renderer fix, a new look),
-    only the image side needs to move, and a frozen text side keeps every query embedding as
-    it was; galleries and pseudo-images are embedded again. (The encoder's identity still
-    changes, so caches keyed by it, and fusion heads trained for it, are redone.)"""
+    or the tower has seen too few of them, only the image side needs to move, and a frozen
+    text side keeps every query embedding as it was; galleries and pseudo-images are embedded
+    again. (The encoder's identity still changes, so caches keyed by it, and fusion heads
+    trained for it, are redone.) An `EmbeddedCorpus` brings its texts' embeddings, made by
+    this text side; a `Corpus` has them made here from its states."""
     _batch_negatives_only(cfg, "an image-tower fine-tune")
     model.text.requires_grad_(False).eval()
-    with torch.no_grad():
-        text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
-                                     for ids in torch.arange(len(corpus.texts)).split(512)])
+    if isinstance(corpus, Corpus):
+        with torch.no_grad():
+            text_embeddings = torch.cat([model.encode_text(*corpus.batch_states(ids))
+                                         for ids in torch.arange(len(corpus.texts)).split(512)])
+    else:
+        made_by = f"world-text@{tensor_digest(model.text.state_dict())}/"
+        if not corpus.text_identity.startswith(made_by):
+            raise ValueError(f"the corpus' texts were embedded by {corpus.text_identity}, not "
+                             f"by this model's text side ({made_by}...): embed them again "
+                             "with it")
+        text_embeddings = corpus.text_embeddings
     try:
         return train(model, encoder_batches(corpus, cfg, text_embeddings=text_embeddings),
                      contrastive_loss, cfg, out, resume=resume, evaluate=evaluate,
@@ -228,12 +244,12 @@ A dual encoder for the itir world: the locked all-MiniLM-L6-v2 text tower (not s
 with a trained text head, and a {image_params:.2f}M-parameter CNN image tower trained from
 scratch. The text head: {head}. Embeddings are {embed_dim}-d and L2-normalised.
 
-- Data: {scenes} world train scenes (seeds 0..{last}), each with a full caption, a
+- Data: {scenes} world train scenes (seeds 0..{last}), {which_texts} a full caption, a
   partial caption or 1-4-round dialog prefix, a full and a partial free description
   (world/phrasings.py, training forms only) and two full and one partial in varied wording
   (world/varied.py: a grammar of places, corners said as two edges, more frames, joins and
   attribute words, unknown words in place of 8% of attribute words; no held-out word or
-  phrase);
+  phrase){embedded_by};
   {image_size}x{image_size} images (renderer version {render_version}), a quarter of them
   shrunk to 32x32 and back.
 - {origin}
@@ -267,10 +283,23 @@ CARD_METADATA = {"license": "mit", "library_name": "pytorch",
                           "pytorch_model_hub_mixin"]}
 
 
+def _query_side(init: str | Path, tower: TextTower, onnx_folder: str | Path | None
+                ) -> WorldEncoder:
+    """`init`'s encoder as the app on a CPU embeds queries (its text side's ONNX int8 graph,
+    ~6x faster than eager float32 there), to embed an image-tower run's texts once. Always on
+    the CPU, so the image tower learns the queries a laptop searches with, whatever device
+    trains it."""
+    from retrieval.encoders import WorldEncoder
+
+    return WorldEncoder(init, tower, device="cpu", runtime="auto", onnx_folder=onnx_folder,
+                        quantize="int8")
+
+
 def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
               batch_size: int = 128, val_scenes: int = 1000, seed: int = 0,
               resume: bool = False, init: str | Path | None = None, part: str = "text",
-              lr: float | None = None, text_layers: int = 0, negatives: str = "batch"
+              lr: float | None = None, text_layers: int = 0, negatives: str = "batch",
+              texts_per_scene: int | None = None, onnx_folder: str | Path | None = None
               ) -> dict:
     """Build (or reuse) the corpora, train, and write the model folder `out`: config.json,
     model.safetensors, README.md, train.log.jsonl, loss.png. Returns the val recall.
@@ -280,9 +309,17 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
     (`finetune_image_tower`); without, everything is trained from scratch. `text_layers`
     gives the text head a trained copy of the tower's top layers (a head that has some keeps
     them and takes fresh copies of the layers below, up to `text_layers`; 0 or the count it
-    owns trains those; fewer is refused)."""
+    owns trains those; fewer is refused). An image-tower run reads an `EmbeddedCorpus`:
+    the full caption and `texts_per_scene - 1` other texts of each scene (default 3 in all),
+    embedded once the way the app on a CPU embeds queries (`_query_side`; its ONNX graph is
+    kept in `onnx_folder`)."""
     if part not in ("text", "image"):
         raise ValueError(f"part must be 'text' or 'image', not {part!r}")
+    if texts_per_scene is not None and part != "image":
+        raise ValueError("--texts-per-scene picks the texts an image-tower run embeds once: "
+                         "give it with --part image")
+    texts_per_scene = TEXTS_PER_SCENE if texts_per_scene is None else texts_per_scene
+    check_texts_per_scene(texts_per_scene)
     if part != "text" and init is None:
         raise ValueError("training only the image tower needs a trained encoder to start "
                          "from: give --init FOLDER")
@@ -295,7 +332,7 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         raise ValueError("--negatives corpus ranks texts against a frozen image tower's "
                          "embeddings: give --init FOLDER --part text")
     from retrieval.text_tower import TextTower
-    from world.corpus import cached_corpus
+    from world.corpus import cached_corpus, cached_embedded_corpus
 
     tower = TextTower()
     model = WorldDualEncoder.from_pretrained(str(init)) if init is not None else None
@@ -309,7 +346,15 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
         model, tower_layers = with_tower_layers(model, tower_layers), None
     model_cfg = model.config if model is not None else WorldEncoderConfig()
     layer = -1 - max(owned, text_layers)
-    corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
+    corpus_runtime = None
+    if part == "image":
+        query_side = _query_side(init, tower, onnx_folder)
+        corpus_runtime = query_side.runtime
+        corpus = cached_embedded_corpus(scenes, "train", query_side, model_cfg.image_size,
+                                        cache_dir, texts_per_scene)
+        del query_side
+    else:
+        corpus = cached_corpus(scenes, "train", tower, model_cfg.image_size, cache_dir, layer)
     val = cached_corpus(val_scenes, "val", tower, model_cfg.image_size, cache_dir, layer)
     del tower
     out = Path(out)
@@ -337,8 +382,15 @@ def reproduce(out: str | Path, scenes: int, steps: int, cache_dir: str | Path,
                  + (f" --init {init} --part {part}" if init else "")
                  + (f" --text-layers {text_layers}" if text_layers else "")
                  + (f" --lr {lr}" if lr is not None else "")
-                 + (f" --negatives {negatives}" if negatives != "batch" else "")),
+                 + (f" --negatives {negatives}" if negatives != "batch" else "")
+                 + (f" --texts-per-scene {texts_per_scene}" if part == "image" else "")),
         origin=origin, head=_head_words(model_cfg, cfg),
+        which_texts=("each with its texts:" if part == "text" else
+                     f"each with its full caption and {texts_per_scene - 1} more of these, "
+                     "drawn by its seed:"),
+        embedded_by=("" if part == "text" else
+                     f", each embedded once by the frozen text side (its {corpus_runtime} "
+                     "path)"),
         loss_words=("symmetric InfoNCE over the batch" if negatives == "batch" else
                     f"text->image InfoNCE against all {scenes:,} training images"),
         **run_facts(cfg, log), **asdict(model_cfg), scenes=scenes, last=scenes - 1,

@@ -33,8 +33,21 @@ from retrieval.world_encoder import (
     with_tower_layers,
 )
 from world.clause_corpus import build_clause_corpus
-from world.corpus import Corpus, build_corpus, cached_corpus, render_split
+from world.corpus import (
+    Corpus,
+    build_corpus,
+    build_embedded_corpus,
+    cached_corpus,
+    cached_embedded_corpus,
+    render_split,
+    scene_texts,
+)
 from world.render import RENDER_VERSION
+
+
+def full_caption_of(seed: int) -> str:
+    return dict(scene_texts(seed))[0]
+
 
 # Smaller than the shipped models so a test step costs milliseconds; same code paths.
 SMALL_ENCODER = WorldEncoderConfig(embed_dim=64, widths=(8, 16, 32, 32))
@@ -269,3 +282,88 @@ def test_an_interrupted_run_resumes_as_if_never_stopped(trainer, tiny_corpus, cl
     assert len(on_disk) == 6  # steps 1-3 from the first session, 4-6 from the second
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+class CountingEncoder:
+    """A real encoder whose text calls are counted (to tell a cache read from a build)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+        self.text_identity, self.text_tower = encoder.text_identity, encoder.text_tower
+
+    def encode_texts(self, texts):
+        self.calls += 1
+        return self.encoder.encode_texts(texts)
+
+
+def test_an_embedded_corpus_keeps_each_scene_s_caption_and_embeds_every_text_in_place(
+        random_world_encoder, image_tuned_world_encoder, tmp_path):
+    enc = CountingEncoder(random_world_encoder)
+    corpus = cached_embedded_corpus(6, "train", enc, 64, tmp_path, texts_per_scene=3)
+    seeds, images = render_split(6, "train", 64)
+    assert torch.equal(corpus.images, images)
+    assert corpus.text_scene.tolist() == [s for s in range(6) for _ in range(3)]
+    assert corpus.texts[::3] == [full_caption_of(seed) for seed in seeds]
+    assert len(set(corpus.texts)) == len(corpus.texts)  # three different texts per scene
+    assert corpus.text_identity == enc.text_identity
+    # Embedded in chunks of similar length, yet each row is its own text's embedding.
+    expected = random_world_encoder.encode_texts(corpus.texts)
+    np.testing.assert_allclose(corpus.text_embeddings.numpy(), expected, atol=1e-5)
+    chunked = build_embedded_corpus(6, "train", random_world_encoder.encode_texts, "x",
+                                    random_world_encoder.text_tower.tokenizer.get_vocab(),
+                                    texts_per_scene=3, chunk=4)
+    np.testing.assert_allclose(chunked.text_embeddings.numpy(), expected, atol=1e-5)
+    # Read again from the cache, also by an encoder with the same text side; one whose text
+    # side differs embeds its own.
+    calls = enc.calls
+    same_text = CountingEncoder(image_tuned_world_encoder)
+    for again in (enc, same_text):
+        assert cached_embedded_corpus(6, "train", again, 64, tmp_path, 3).texts == corpus.texts
+    assert enc.calls == calls and same_text.calls == 0
+    other = CountingEncoder(random_world_encoder)
+    other.text_identity += "+int8"
+    cached_embedded_corpus(6, "train", other, 64, tmp_path, 3)
+    assert other.calls > 0 and len(list(tmp_path.glob("embedded-*"))) == 2
+    with pytest.raises(ValueError, match="texts per scene must be 1..7"):
+        cached_embedded_corpus(6, "train", enc, 64, tmp_path, texts_per_scene=8)
+
+
+def test_an_image_tower_learns_an_embedded_corpus_s_frozen_texts(random_world_encoder_dir,
+                                                                  random_world_encoder,
+                                                                  tmp_path):
+    corpus = build_embedded_corpus(24, "train", random_world_encoder.encode_texts,
+                                   random_world_encoder.text_identity,
+                                   random_world_encoder.text_tower.tokenizer.get_vocab(),
+                                   texts_per_scene=2)
+    model = WorldDualEncoder.from_pretrained(random_world_encoder_dir)
+    text_before = {k: v.clone() for k, v in model.text.state_dict().items()}
+    cfg = EncoderTrainConfig(steps=24, batch_size=16, lr=2e-3, warmup=3, log_every=1)
+    log = finetune_image_tower(model, corpus, cfg)
+    assert np.mean([e["loss"] for e in log[-4:]]) < 0.7 * np.log(cfg.batch_size)
+    for k, v in model.text.state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+    # Texts another text side embedded are refused: the tower would learn the wrong targets.
+    with torch.no_grad():
+        model.text.proj.bias.add_(0.1)
+    with pytest.raises(ValueError, match="not by this model's text side"):
+        finetune_image_tower(model, corpus, cfg)
+    for bad in ({"texts_per_scene": 2}, {"part": "image", "texts_per_scene": 0}):
+        with pytest.raises(ValueError, match="give it with --part image|must be 1..7"):
+            reproduce(tmp_path / "out", 24, 1, tmp_path, init=random_world_encoder_dir, **bad)
+    assert not list(tmp_path.glob("*.pt"))  # refused before any corpus was built
+
+
+def test_train_encoder_part_image_writes_a_model_whose_text_side_is_unchanged(
+        random_world_encoder_dir, onnx_folder, tmp_path):
+    out = tmp_path / "out"
+    reproduce(out, 12, 2, tmp_path / "cache", batch_size=4, val_scenes=8,
+              init=random_world_encoder_dir, part="image", texts_per_scene=2,
+              onnx_folder=onnx_folder)
+    before = WorldDualEncoder.from_pretrained(random_world_encoder_dir)
+    after = WorldDualEncoder.from_pretrained(out)
+    for k, v in before.text.state_dict().items():
+        assert torch.equal(v, after.text.state_dict()[k]), k
+    card = (out / "README.md").read_text()
+    assert "--part image --texts-per-scene 2" in card
+    assert "its onnx int8 path" in card and "its full caption and 1 more" in card
+    assert len(list((tmp_path / "cache").glob("embedded-*-12-64px-2texts-*.pt"))) == 1

@@ -4,10 +4,15 @@ The text tower is locked, so its token states are computed once per text and sto
 (fp16, one row per token) instead of being recomputed every epoch; on two CPU cores that is
 the difference between minutes and hours. The states are those of the hidden layer the
 encoder's head reads (the last, or one below the tower layers it owns a copy of).
+
+`itir train-encoder --part image` reads no states: its text side is frozen, so each text is
+embedded once (`EmbeddedCorpus`). Without the states (about 4 GB for 20,000 scenes' texts) a
+corpus can hold five times the scenes, and the image tower is what needs more of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +80,84 @@ def scene_texts(seed: int, extra: Extra | None = None) -> list[tuple[int, str]]:
     return texts
 
 
+# The texts' version, in every cache name: v7: 313 attribute words, not 113
+# (varied.MORE_WORDS); v6: more attribute words; v5: corners said as two edges; v4: varied
+# wording (world/varied.py); v3: broad training vocabulary; v2: the first free descriptions.
+TEXTS_VERSION = "v7"
+SCENE_TEXTS = 7  # texts `scene_texts` gives a scene with `extra`
+TEXTS_PER_SCENE = 3  # an EmbeddedCorpus's default: the full caption and two others
+PICK_VERSION = "pick1"  # `picked_texts`' rule, in EmbeddedCorpus cache names
+
+
+@dataclass
+class EmbeddedCorpus:
+    """Rendered scenes and some of their texts, embedded once by a frozen text side."""
+    images: torch.Tensor  # [N, 3, S, S] uint8
+    text_scene: torch.Tensor  # [T] index of the scene each text describes
+    text_embeddings: torch.Tensor  # [T, D] float32
+    texts: list[str]
+    text_identity: str  # the text side that embedded them
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddedCorpus:
+        return cls(**torch.load(path, weights_only=False))
+
+
+def check_texts_per_scene(k: int) -> None:
+    if not 1 <= k <= SCENE_TEXTS:
+        raise ValueError(f"texts per scene must be 1..{SCENE_TEXTS} (a scene has "
+                         f"{SCENE_TEXTS}), not {k}")
+
+
+def picked_texts(seed: int, extra: Extra, k: int) -> list[str]:
+    """The full caption and `k - 1` other texts of `scene_texts`, drawn by the scene's seed."""
+    texts = [text for _, text in scene_texts(seed, extra)]
+    check_texts_per_scene(k)
+    return [texts[0], *random.Random(seed).sample(texts[1:], k - 1)]
+
+
+def build_embedded_corpus(n: int, split: str, embed: Callable[[list[str]], np.ndarray],
+                          text_identity: str, vocabulary, image_size: int = 64,
+                          texts_per_scene: int = TEXTS_PER_SCENE, chunk: int = 1024
+                          ) -> EmbeddedCorpus:
+    """Render `n` scenes of `split` and `embed` `texts_per_scene` of each one's texts (in
+    chunks of similar length, with progress). `vocabulary`: the tokenizer's, for the varied
+    descriptions' unknown words, as `build_corpus` draws them."""
+    seeds, images = render_split(n, split, image_size)
+    extra = Extra(unknown_words=unknown_word_pool(vocabulary))
+    texts = [t for s in seeds for t in picked_texts(s, extra, texts_per_scene)]
+    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
+    vectors = None
+    for a in tqdm(range(0, len(order), chunk), desc="embed texts", unit="chunk"):
+        ids = order[a:a + chunk]
+        out = embed([texts[j] for j in ids])
+        vectors = vectors if vectors is not None else np.zeros((len(texts), out.shape[1]),
+                                                                np.float32)
+        vectors[ids] = out
+    return EmbeddedCorpus(images=images,
+                          text_scene=torch.arange(n).repeat_interleave(texts_per_scene),
+                          text_embeddings=torch.from_numpy(vectors), texts=texts,
+                          text_identity=text_identity)
+
+
+def cached_embedded_corpus(n: int, split: str, encoder, image_size: int, cache_dir: str | Path,
+                           texts_per_scene: int = TEXTS_PER_SCENE) -> EmbeddedCorpus:
+    """`build_embedded_corpus` with `encoder.encode_texts`, stored under `cache_dir` by the
+    encoder's text identity (its runtime's "+int8" included) and reused by later runs."""
+    check_texts_per_scene(texts_per_scene)
+    tag = hashlib.sha256(encoder.text_identity.encode()).hexdigest()[:12]
+    name = (f"embedded-{TEXTS_VERSION}-{PICK_VERSION}-{split}-{n}-{image_size}px-"
+            f"{texts_per_scene}texts-{tag}")
+    return cached(Path(cache_dir) / f"{name}-r{RENDER_VERSION}.pt",
+                  lambda: build_embedded_corpus(
+                      n, split, encoder.encode_texts, encoder.text_identity,
+                      encoder.text_tower.tokenizer.get_vocab(), image_size, texts_per_scene),
+                  EmbeddedCorpus.load)
+
+
 def render_split(n: int, split: str, image_size: int) -> tuple[list[int], torch.Tensor]:
     """Seeds and rendered images (uint8 [n, 3, S, S]) of the first `n` scenes of `split`."""
     seeds = [split_seed(split, i) for i in range(n)]
@@ -130,11 +213,10 @@ def build_corpus(n: int, split: str, tower, image_size: int = 64,
 def cached_corpus(n: int, split: str, tower, image_size: int, cache_dir: str | Path,
                   layer: int = -1) -> Corpus:
     """`build_corpus`, stored under `cache_dir` and reused by later runs."""
-    # v7: 313 attribute words, not 113 (varied.MORE_WORDS); v6: more attribute words; v5:
-    # corners said as two edges; v4: varied wording (world/varied.py); v3: broad training
-    # vocabulary; v2: the first free descriptions; r: the renderer's version. Each keeps an
-    # older cache from being read as this one.
-    name = f"corpus-v7-{split}-{n}-{image_size}px" + (f"-layer{layer}" if layer != -1 else "")
+    # TEXTS_VERSION and r, the renderer's version: each keeps an older cache from being read
+    # as this one.
+    name = (f"corpus-{TEXTS_VERSION}-{split}-{n}-{image_size}px"
+            + (f"-layer{layer}" if layer != -1 else ""))
     folder = Path(cache_dir)
     path = folder / f"{name}-r{RENDER_VERSION}.pt"
     # Texts do not depend on the renderer: an older render's corpus keeps its text-tower
