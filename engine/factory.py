@@ -51,7 +51,7 @@ def load_models(profile: Profile, with_encoder: bool = True,
     shared = ((with_encoder and retrieval_spec.needs_text_tower(enc))
               or (with_generator and generation_spec.needs_text_tower(gen)))
     tower = TextTower(device=device) if shared else None
-    graphs = Path(profile.onnx_folder).expanduser() if profile.onnx_folder else home() / "onnx"
+    graphs = profile.onnx_graphs
     if with_generator and generation_spec.needs_text_tower(gen):
         tower_on_onnx(tower, enc.runtime, graphs)
     encoder = (retrieval.load_encoder(enc, device, tower, profile.domains_spec, graphs)

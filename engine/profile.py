@@ -216,6 +216,11 @@ class Profile:
                        else str(home() / "domains" / self.name))
 
     @property
+    def onnx_graphs(self) -> Path:
+        """Where text-side ONNX graphs are kept (`onnx_folder`, or ITIR_HOME/onnx)."""
+        return Path(self.onnx_folder).expanduser() if self.onnx_folder else home() / "onnx"
+
+    @property
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device

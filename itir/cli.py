@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,11 +29,12 @@ def _profile(args: argparse.Namespace, check_encoder: bool = False,
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
-    from engine.paths import cache_dir, home
+    from engine.paths import cache_dir
+    from engine.profile import load_profile
     from retrieval.train_encoder import reproduce
 
     torch_threads(args.threads)
-    onnx_folder = os.environ.get("ITIR_ONNX_FOLDER") or home() / "onnx"  # as the app's
+    onnx_folder = load_profile("world").onnx_graphs  # where the app keeps its graphs
     metrics = reproduce(args.out, args.scenes, args.steps, args.cache or cache_dir(),
                         resume=args.resume, init=args.init, part=args.part, lr=args.lr,
                         text_layers=args.text_layers, negatives=args.negatives,

@@ -22,7 +22,7 @@ import torch
 
 from dialog.query import split_clauses
 from world.captions import full_caption, partial_caption
-from world.corpus import cached, encode_packed, render_split
+from world.corpus import Saved, cached, encode_packed, render_split
 from world.dialogs import ROUNDS, make_dialog, round_query
 from world.phrasings import describe
 from world.render import RENDER_VERSION
@@ -40,7 +40,7 @@ TEMPLATE_KINDS = tuple(KINDS.index(k) for k in ("caption", "partial caption", "d
 
 
 @dataclass
-class ClauseCorpus:
+class ClauseCorpus(Saved):
     seeds: torch.Tensor  # [N] scene seeds
     images: torch.Tensor  # [N, 3, S, S] uint8
     texts: list[str]
@@ -55,13 +55,6 @@ class ClauseCorpus:
         ids = self.text_clauses[self.text_offsets[text_id]:self.text_offsets[text_id + 1]]
         return [self.clause_states[self.clause_offsets[c]:self.clause_offsets[c + 1]].float()
                 for c in ids.tolist()]
-
-    def save(self, path: str | Path) -> None:
-        torch.save(self.__dict__, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ClauseCorpus:
-        return cls(**torch.load(path, weights_only=False))
 
 
 def scene_texts(seed: int, extra: Extra | None = None) -> list[tuple[int, str]]:
@@ -115,7 +108,7 @@ def cached_clause_corpus(n: int, split: str, tower, image_size: int,
                          cache_dir: str | Path, varied: bool = False) -> ClauseCorpus:
     """`build_clause_corpus`, stored under `cache_dir` and reused by later runs."""
     # v2: broad training vocabulary; v3: v2 plus the varied descriptions, in world/varied.py's
-    # wording as of the encoder's corpus v7 (world/corpus.py: bump both when it changes); r: the
+    # wording as of world/corpus.py's TEXTS_VERSION v7 (bump both when it changes); r: the
     # renderer's version. Each keeps an older cache from being read as this one.
     version = 3 if varied else 2
     path = Path(cache_dir) / f"clauses-v{version}-{split}-{n}-{image_size}px-r{RENDER_VERSION}.pt"

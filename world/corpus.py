@@ -31,8 +31,19 @@ from world.scene import sample_scene, split_seed
 from world.varied import Extra, unknown_word_pool
 
 
+class Saved:
+    """A dataclass of tensors and lists saved as one file (`cached` writes and reads it)."""
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.__dict__, path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls(**torch.load(path, weights_only=False))
+
+
 @dataclass
-class Corpus:
+class Corpus(Saved):
     images: torch.Tensor  # [N, 3, S, S] uint8
     text_scene: torch.Tensor  # [T] index of the scene each text describes
     text_kind: torch.Tensor  # [T] 0 = full caption, 1 = partial caption, 2 = dialog prefix,
@@ -53,12 +64,6 @@ class Corpus:
             mask[row, : b - a] = True
         return out, mask
 
-    def save(self, path: str | Path) -> None:
-        torch.save(self.__dict__, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Corpus:
-        return cls(**torch.load(path, weights_only=False))
 
 
 def scene_texts(seed: int, extra: Extra | None = None) -> list[tuple[int, str]]:
@@ -90,7 +95,7 @@ PICK_VERSION = "pick1"  # `picked_texts`' rule, in EmbeddedCorpus cache names
 
 
 @dataclass
-class EmbeddedCorpus:
+class EmbeddedCorpus(Saved):
     """Rendered scenes and some of their texts, embedded once by a frozen text side."""
     images: torch.Tensor  # [N, 3, S, S] uint8
     text_scene: torch.Tensor  # [T] index of the scene each text describes
@@ -98,12 +103,6 @@ class EmbeddedCorpus:
     texts: list[str]
     text_identity: str  # the text side that embedded them
 
-    def save(self, path: str | Path) -> None:
-        torch.save(self.__dict__, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EmbeddedCorpus:
-        return cls(**torch.load(path, weights_only=False))
 
 
 def check_texts_per_scene(k: int) -> None:
@@ -115,7 +114,6 @@ def check_texts_per_scene(k: int) -> None:
 def picked_texts(seed: int, extra: Extra, k: int) -> list[str]:
     """The full caption and `k - 1` other texts of `scene_texts`, drawn by the scene's seed."""
     texts = [text for _, text in scene_texts(seed, extra)]
-    check_texts_per_scene(k)
     return [texts[0], *random.Random(seed).sample(texts[1:], k - 1)]
 
 
@@ -126,17 +124,17 @@ def build_embedded_corpus(n: int, split: str, embed: Callable[[list[str]], np.nd
     """Render `n` scenes of `split` and `embed` `texts_per_scene` of each one's texts (in
     chunks of similar length, with progress). `vocabulary`: the tokenizer's, for the varied
     descriptions' unknown words, as `build_corpus` draws them."""
+    check_texts_per_scene(texts_per_scene)
     seeds, images = render_split(n, split, image_size)
     extra = Extra(unknown_words=unknown_word_pool(vocabulary))
     texts = [t for s in seeds for t in picked_texts(s, extra, texts_per_scene)]
-    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
-    vectors = None
-    for a in tqdm(range(0, len(order), chunk), desc="embed texts", unit="chunk"):
-        ids = order[a:a + chunk]
-        out = embed([texts[j] for j in ids])
-        vectors = vectors if vectors is not None else np.zeros((len(texts), out.shape[1]),
-                                                                np.float32)
-        vectors[ids] = out
+    # Chunks of similar length pad little; each row goes back to its text's place.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    embedded = np.concatenate([embed([texts[j] for j in order[a:a + chunk]])
+                               for a in tqdm(range(0, len(order), chunk), desc="embed texts",
+                                             unit="chunk")])
+    vectors = np.empty_like(embedded, dtype=np.float32)
+    vectors[order] = embedded
     return EmbeddedCorpus(images=images,
                           text_scene=torch.arange(n).repeat_interleave(texts_per_scene),
                           text_embeddings=torch.from_numpy(vectors), texts=texts,
