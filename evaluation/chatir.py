@@ -16,6 +16,7 @@ from evaluation.metrics import bri, cumulative_hits, degradation, hits_differenc
 from fusion import Fusion
 
 KS = (1, 5, 10)
+MIX_WEIGHTS = tuple(i / 10 for i in range(11))  # the pseudo-image's weight in a static mix
 
 
 def method_ranks(emb: DialogEmbeddings, method: Fusion | str, k: int = 1,
@@ -38,6 +39,33 @@ def method_ranks(emb: DialogEmbeddings, method: Fusion | str, k: int = 1,
                     np.asarray(value, np.float64).mean(0).round(4).tolist())
         ranks[:, r] = target_ranks(query @ emb.corpus.T, emb.targets)
     return ranks, decisions
+
+
+def hindsight_mix_ranks(emb: DialogEmbeddings, k: int = 1,
+                        weights: tuple[float, ...] = MIX_WEIGHTS, chunk: int = 256,
+                        image: np.ndarray | None = None) -> np.ndarray:
+    """[N, R] the target's best rank over the static mixes (1 - w) t + w g, with w picked from
+    `weights` for each dialog and round in hindsight.
+
+    A ceiling, not a method: no fusion that mixes text and pseudo-image with one of these
+    weights per turn (text, DAR, add) finds a target sooner. A head that transforms them, as
+    ADaFuSE's experts do, is not bound by it, but a ceiling far above every method says the
+    pseudo-image leaves room that fusion has not taken, and one near them says it does not.
+    Picking in hindsight also profits from noise: the same ceiling with another dialog's
+    pseudo-images (`image`, unit-norm like g: the shuffled control) says how much."""
+    g = emb.pseudo(k) if image is None else image
+    n, rounds, _ = emb.text.shape
+    best = np.zeros((n, rounds), np.int64)
+    for a in range(0, n, chunk):  # [chunk, M] score matrices: a 200,000-image corpus fits
+        rows = slice(a, min(a + chunk, n))
+        for r in range(rounds):
+            # Scores are linear in the query, so mixing the score matrices ranks as the mixed
+            # query would; t and g are unit-norm, so w is DAR's image weight.
+            text_scores = emb.text[rows, r] @ emb.corpus.T
+            image_scores = g[rows, r] @ emb.corpus.T
+            best[rows, r] = np.min([target_ranks((1 - w) * text_scores + w * image_scores,
+                                                 emb.targets[rows]) for w in weights], axis=0)
+    return best
 
 
 def summarise(ranks: np.ndarray, text_ranks: np.ndarray) -> dict:
@@ -126,9 +154,15 @@ def plot(result: dict, out: str | Path, title: str = "") -> Path:
         for name, m, colour, style in lines:
             ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], linestyle=style, color=colour,
                     marker="o", ms=3, label=name)
+        ceiling = result.get("ceiling", {})
+        for m, colour, label in ((ceiling, "k", "best static mix, in hindsight"),
+                                 (ceiling.get("shuffled"), "0.6", "the same, shuffled pictures")):
+            if m:
+                ax.plot(range(len(m[f"hits@{k}"])), m[f"hits@{k}"], linestyle=":", color=colour,
+                        label=label)
         ax.set(xlabel="round", ylabel=f"cumulative Hits@{k} (%)", title=f"Hits@{k}")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(loc="lower right", fontsize="small")
     fig.suptitle(title or f"{result['dialogs']} dialogs, corpus of {result['corpus']}")
     return save_figure(fig, out)
 
@@ -205,10 +239,12 @@ def resolve_methods(names: list[str], profile, encoder) -> dict[str, Fusion | st
 
 def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
         images_root=None, limit: int | None = None, k: int = 1,
-        controls: tuple[str, ...] = (), also_k: tuple[int, ...] = ()) -> dict:
+        controls: tuple[str, ...] = (), also_k: tuple[int, ...] = (),
+        ceiling: bool = False) -> dict:
     """Rank every dialog's target at every round under each method (and control), with g
     the mean of k pseudo-images per round; `also_k`: the same with the first k' of them
-    (drawn once, as many as the largest asks), in `result["by_k"]`."""
+    (drawn once, as many as the largest asks), in `result["by_k"]`; `ceiling`: the best
+    static text/image mix per dialog and round, in hindsight, in `result["ceiling"]`."""
     from engine.factory import load_models
     from evaluation.dialog_set import embed_dialog_set, read_dialog_set
 
@@ -218,15 +254,18 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
     if controls and not drawing:
         raise ValueError("--control changes the pseudo-images, but none of the methods uses "
                          "one: add image, dar, add or adafuse")
+    if ceiling and not drawing:
+        raise ValueError("--ceiling mixes text and pseudo-image, but none of the methods "
+                         "draws one: add image, dar, add or adafuse")
+    if also_k and not drawing:
+        raise ValueError("--k compares numbers of pseudo-images, but none of the methods "
+                         "uses one: add image, dar, add or adafuse")
     if controls and len(ds.dialogs) < 2:
         raise ValueError("controls swap pseudo-images between dialogs: give at least two")
     models = load_models(profile, with_generator=drawing)
     resolved = resolve_methods(methods, profile, models.encoder)
     if drawing and models.generator is None:
         raise ValueError(f"profile {profile.name!r} has no generator, so only `text` can run")
-    if also_k and not drawing:
-        raise ValueError("--k compares numbers of pseudo-images, but none of the methods "
-                         "uses one: add image, dar, add or adafuse")
     emb = embed_dialog_set(ds, models.encoder, models.generator if drawing else None,
                            k=max((k, *also_k)), seed=profile.generator.seed)
     result = {"dialog_file": str(dialogs_file), "encoder": models.encoder.identity,
@@ -241,6 +280,15 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
         result["drawing"] = {"steps": models.generator.steps,
                              "guidance": models.generator.guidance,
                              "seed": profile.generator.seed}
+        if ceiling:
+            from fusion import TextOnly
+
+            text_ranks, _ = method_ranks(emb, TextOnly())
+            result["ceiling"] = {**summarise(hindsight_mix_ranks(emb, k), text_ranks),
+                                 "weights": list(MIX_WEIGHTS)}
+            if "shuffled" in controls:  # what picking in hindsight gains from noise alone
+                shuffled = hindsight_mix_ranks(emb, k, image=controlled_images(emb, "shuffled", k))
+                result["ceiling"]["shuffled"] = summarise(shuffled, text_ranks)
         result["controls"] = {c: compare(emb, resolved, k, controlled_images(emb, c, k))
                               ["methods"] for c in controls}
     return result

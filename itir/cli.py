@@ -127,8 +127,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         chatir.check_control(control)  # a typo fails now, not after hours of drawing
     ks = args.k
     result = chatir.run(_profile(args), args.dialogs, methods, args.corpus, args.images,
-                        args.limit, ks[0], tuple(args.control), tuple(ks[1:]))
+                        args.limit, ks[0], tuple(args.control), tuple(ks[1:]), args.ceiling)
     print(chatir.markdown_table(result))
+    if "ceiling" in result:
+        print("\nceiling: the best static text/image mix per dialog and round, in hindsight:")
+        rows = {"ceiling": result["ceiling"], "ceiling, shuffled pictures":
+                result["ceiling"].get("shuffled")}
+        print(chatir.markdown_table({"methods": {
+            name: {k: v for k, v in m.items() if k != "degradation"}  # 0 by construction
+            for name, m in rows.items() if m}}))
     for reference in ("text", "dar"):
         print(chatir.difference_lines(result, reference))
     for k, rows in result.get("by_k", {}).items():
@@ -749,6 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "several, e.g. 1,2,4: each compared on the same drawings")
     ev.add_argument("--control", action="append", default=[],
                     help="also run under a control: shuffled, unrelated:0.3 (repeatable)")
+    ev.add_argument("--ceiling", action="store_true",
+                    help="also rank by the best static text/image mix per dialog and round, "
+                         "picked in hindsight: how far fusion could go on these pseudo-images")
     ev.add_argument("--json", default=None, metavar="OUT")
     ev.add_argument("--plot", default=None, metavar="PNG")
     ev.add_argument("--threads", type=positive_int, default=2)

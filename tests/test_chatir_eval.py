@@ -157,8 +157,20 @@ def test_eval_ranks_every_method_on_a_world_build(tmp_path, monkeypatch, capsys)
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert set(result["controls"]["shuffled"]) == {"text", "image", "dar", "add"}
     # The caches make a second run cheap; the shipped ADaFuSE is the world encoder's.
-    assert main([*args[:5], "--methods", "text,adafuse", "--json", str(out)]) == 0
-    fused = json.loads(out.read_text())["methods"]["adafuse"]
+    assert main([*args[:5], "--methods", "text,adafuse", "--json", str(out), "--ceiling",
+                 "--control", "shuffled"]) == 0
+    table = capsys.readouterr().out
+    assert "| ceiling |" in table and "| ceiling, shuffled pictures |" in table
+
+    result = json.loads(out.read_text())
+    assert result["ceiling"]["weights"][:3] == [0.0, 0.1, 0.2]
+    assert len(result["ceiling"]["shuffled"]["hits@10"]) == 11
+    for k in (1, 10):  # the ceiling mixes text among others, so it is never below text
+        assert all(c >= t for c, t in zip(result["ceiling"][f"hits@{k}"],
+                                          result["methods"]["text"][f"hits@{k}"]))
+    assert main([*args[:5], "--methods", "text", "--ceiling"]) != 0  # said, before any work
+    assert "--ceiling mixes text and pseudo-image" in capsys.readouterr().err
+    fused = result["methods"]["adafuse"]
     assert len(fused["hits@10"]) == 11 and 0 < fused["mean_decision_by_round"]["lambda"][0] < 1
     # An ADaFuSE that is not there for the encoder is explained.
     from types import SimpleNamespace
@@ -181,6 +193,46 @@ def test_tables_fit_short_dialogs_and_controls_are_checked_first():
     for bad in ("shufled", "unrelated:x", "unrelated:0"):
         with pytest.raises(ValueError, match="unknown control"):
             check_control(bad)
+
+
+def test_the_ceiling_takes_the_best_mix_per_dialog_and_round():
+    """Hand-worked in two dimensions: corpus [target at 45 degrees, (1, 0), (0, 1), (-1, 0)].
+    Text (1, .3) ranks (1, 0) first and the target second, the pseudo-image (.3, 1) ranks
+    (0, 1) first; their even mix ranks the target first. A target at (-1, 0) is last under
+    every mix of two vectors in the first quadrant."""
+    from evaluation.chatir import hindsight_mix_ranks, method_ranks
+    from evaluation.dialog_set import DialogEmbeddings
+    from fusion import DAR, TextOnly
+
+    def unit(*v):
+        v = np.asarray(v, np.float32)
+        return v / np.linalg.norm(v)
+
+    corpus = np.stack([unit(1, 1), unit(1, 0), unit(0, 1), unit(-1, 0)])
+    t, g = unit(1, .3), unit(.3, 1)
+    emb = DialogEmbeddings(np.stack([[t], [t]]), np.stack([[[g]], [[g]]]).astype(np.float16),
+                           corpus, np.array([0, 3]))
+    assert method_ranks(emb, TextOnly())[0].tolist() == [[1], [3]]
+    assert method_ranks(emb, "image")[0].tolist() == [[1], [3]]
+    assert hindsight_mix_ranks(emb).tolist() == [[0], [3]]
+    assert hindsight_mix_ranks(emb, weights=(0.0, 1.0)).tolist() == [[1], [3]]
+
+    # On random embeddings it is at or above text and DAR (image weight 0.2, then 0.5) for
+    # every dialog and round, whatever the chunking.
+    rng = np.random.default_rng(0)
+    n, rounds, m = 40, 4, 300
+    text = rng.normal(size=(n, rounds, 8)).astype(np.float32)
+    pseudo = rng.normal(size=(n, rounds, 1, 8)).astype(np.float32)
+    corpus = rng.normal(size=(m, 8)).astype(np.float32)
+    emb = DialogEmbeddings(text / np.linalg.norm(text, axis=-1, keepdims=True), pseudo,
+                           corpus / np.linalg.norm(corpus, axis=-1, keepdims=True),
+                           rng.integers(0, m, n))
+    best = hindsight_mix_ranks(emb, chunk=7)
+    assert (best <= method_ranks(emb, TextOnly())[0]).all()
+    assert (best <= method_ranks(emb, DAR())[0]).all()
+    assert (best == hindsight_mix_ranks(emb)).all()
+    # With the text in the pseudo-image's place every mix is the text: no room at all.
+    assert (hindsight_mix_ranks(emb, image=emb.text) == method_ranks(emb, TextOnly())[0]).all()
 
 
 def test_train_fusion_end_to_end_writes_a_checkpoint_the_app_loads(tmp_path, monkeypatch):
