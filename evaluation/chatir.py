@@ -251,15 +251,12 @@ def run(profile, dialogs_file: str | Path, methods: list[str], corpus_file=None,
     ds = read_dialog_set(dialogs_file, corpus_file, images_root, limit)  # bad files: at once
     controls = tuple(check_control(c) for c in controls)
     drawing = any(needs_image(m) for m in methods)
-    if controls and not drawing:
-        raise ValueError("--control changes the pseudo-images, but none of the methods uses "
-                         "one: add image, dar, add or adafuse")
-    if ceiling and not drawing:
-        raise ValueError("--ceiling mixes text and pseudo-image, but none of the methods "
-                         "draws one: add image, dar, add or adafuse")
-    if also_k and not drawing:
-        raise ValueError("--k compares numbers of pseudo-images, but none of the methods "
-                         "uses one: add image, dar, add or adafuse")
+    for asked, what in ((controls, "--control changes the pseudo-images"),
+                        (ceiling, "--ceiling mixes text and pseudo-image"),
+                        (also_k, "--k compares numbers of pseudo-images")):
+        if asked and not drawing:  # said before any model loads
+            raise ValueError(f"{what}, but none of the methods draws one: add image, dar, "
+                             "add or adafuse")
     if controls and len(ds.dialogs) < 2:
         raise ValueError("controls swap pseudo-images between dialogs: give at least two")
     models = load_models(profile, with_generator=drawing)
